@@ -1,0 +1,1 @@
+"""cnn_jax: convolutional image classifiers for CIFAR in JAX and Flax."""

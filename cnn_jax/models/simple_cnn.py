@@ -1,0 +1,70 @@
+"""The LeNet-style network of the classic PyTorch CIFAR-10 tutorial."""
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+
+def torch_default_kernel_init():
+  """Return PyTorch's default weight init for Conv2d and Linear layers.
+
+  PyTorch draws weights from U(-1/sqrt(fan_in), 1/sqrt(fan_in)); a uniform
+  variance scaling with scale 1/3 gives exactly that range.
+  """
+  return nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def torch_default_bias_init(fan_in: int):
+  """Return PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / fan_in**0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class SimpleCNN(nn.Module):
+  """conv 6@5x5, pool, conv 16@5x5, pool, dense 120, 84, num_classes.
+
+  Weights use PyTorch's default initialization so that the tutorial's
+  hyperparameters (SGD, lr 0.001, momentum 0.9) train the same way here.
+  """
+
+  num_classes: int = 10
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
+    del train  # No dropout or BatchNorm in this network.
+    x = x_BxHxWxC.astype(self.dtype)
+    in_channels = x.shape[-1]
+    for features, fan_in in ((6, 5 * 5 * in_channels), (16, 5 * 5 * 6)):
+      x = nn.Conv(
+          features,
+          (5, 5),
+          padding='VALID',
+          dtype=self.dtype,
+          kernel_init=torch_default_kernel_init(),
+          bias_init=torch_default_bias_init(fan_in),
+      )(x)
+      x = nn.relu(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+
+    x = x.reshape((x.shape[0], -1))
+    for features in (120, 84):
+      x = nn.Dense(
+          features,
+          dtype=self.dtype,
+          kernel_init=torch_default_kernel_init(),
+          bias_init=torch_default_bias_init(x.shape[-1]),
+      )(x)
+      x = nn.relu(x)
+    logits_BxK = nn.Dense(
+        self.num_classes,
+        dtype=self.dtype,
+        kernel_init=torch_default_kernel_init(),
+        bias_init=torch_default_bias_init(x.shape[-1]),
+    )(x)
+    # Logits in float32 so the loss is computed at full precision.
+    return logits_BxK.astype(jnp.float32)
