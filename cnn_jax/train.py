@@ -142,11 +142,7 @@ def train_and_evaluate(
   mesh = parallel.create_mesh()
   parallel.check_batch_size(config.batch_size, mesh.size, 'batch_size')
   parallel.check_batch_size(config.eval_batch_size, mesh.size, 'eval_batch_size')
-  logger.info(
-      'Backend %s, %d devices (%d local), process %d; per-device batch %d.',
-      jax.default_backend(), jax.device_count(), jax.local_device_count(),
-      jax.process_index(), config.batch_size // mesh.size,
-  )
+  logger.info(parallel.describe(mesh, config.batch_size))
 
   logger.info('Loading data: source %s', config.data.source)
   train_split, test_split = data.load_splits(config.data)
