@@ -2,6 +2,17 @@
 
   python experiments/cifar.py --workdir=/tmp/run \
     --config=experiments/configs/default.py --config.num_epochs=2
+
+Rerunning the same command resumes from the workdir's latest checkpoint.
+
+Exit codes:
+  0    training finished (or had finished before)
+  1    any other error (Python traceback)
+  3    the workdir holds checkpoints of another config (the message lists the differences)
+  4    --checkpoint does not exist or holds no complete checkpoint
+  5    writing to the workdir failed (permission, disk full); the last good checkpoint is kept
+  6    the loss became NaN or infinite (the message names the step and the last good checkpoint)
+  130  stopped by SIGINT after saving a checkpoint (143 for SIGTERM): rerun to resume
 """
 
 import logging
@@ -14,7 +25,7 @@ from ml_collections import config_flags
 # Make `cnn_jax` importable when the script runs from a source checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnn_jax import train  # noqa: E402
+from cnn_jax import checkpoints, train  # noqa: E402
 
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 
@@ -22,6 +33,64 @@ _WORKDIR = flags.DEFINE_string('workdir', './workdir', 'Folder for checkpoints a
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(_CONFIG_DIR, 'default.py'), 'Training configuration file.', lock_config=True
 )
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None,
+    'Start from this checkpoint: a step folder (RUN/checkpoints/<step>, RUN/best/<step>) or a folder '
+    'of steps (RUN/checkpoints, latest step). Used only while --workdir has no checkpoint of its own, '
+    'so rerunning the same command resumes from the workdir.')
+_OVERWRITE = flags.DEFINE_bool(
+    'overwrite', False,
+    'Delete the checkpoints, best/ and config.json already in --workdir and start from step 0.')
+_TPU = flags.DEFINE_bool('tpu', False, 'Require a TPU backend; exit with an error when there is none.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False,
+    'Run as one process of a multi-host job: call jax.distributed.initialize(). On Cloud TPU '
+    'pod slices and SLURM clusters the coordinator is found automatically; elsewhere set '
+    '--coordinator_address, --num_processes and --process_id.')
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for --distributed.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes, for --distributed.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index, for --distributed.')
+
+
+def check_tpu_backend() -> None:
+  """Exit with one line when --tpu is set and JAX found no TPU."""
+  import jax
+
+  try:
+    backend = jax.default_backend()
+  except RuntimeError as error:
+    backend = f'none ({error})'
+  if backend != 'tpu':
+    sys.exit(
+        f'--tpu was set but the JAX backend is {backend}. Install JAX for TPU '
+        '(pip install -U "jax[tpu]") on a TPU machine, or drop --tpu.'
+    )
+
+
+EXIT_CONFIG_MISMATCH = 3
+EXIT_CHECKPOINT_NOT_FOUND = 4
+EXIT_WRITE_FAILED = 5
+EXIT_NONFINITE_LOSS = 6
+_EXIT_CODES = (  # Checked in order: the first matching class wins.
+    (checkpoints.ConfigMismatchError, EXIT_CONFIG_MISMATCH),
+    (checkpoints.CheckpointNotFoundError, EXIT_CHECKPOINT_NOT_FOUND),
+    (checkpoints.CheckpointWriteError, EXIT_WRITE_FAILED),
+    (FloatingPointError, EXIT_NONFINITE_LOSS),
+)
+
+
+def run(config, workdir: str, checkpoint: str | None = None, overwrite: bool = False) -> int:
+  """Train, and turn the expected ways a run ends into a message and an exit code."""
+  try:
+    train.train_and_evaluate(config, workdir, checkpoint=checkpoint, overwrite=overwrite)
+  except checkpoints.TrainingInterrupted as stopped:
+    logging.info('%s', stopped)
+    return 128 + stopped.signum
+  except tuple(error_class for error_class, _ in _EXIT_CODES) as error:
+    print(f'Error: {error}', file=sys.stderr, flush=True)
+    return next(code for error_class, code in _EXIT_CODES if isinstance(error, error_class))
+  return 0
 
 
 def main(argv):
@@ -30,7 +99,21 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stdout, force=True)
   # Orbax logs every save step at INFO through absl; keep its warnings only.
   logging.getLogger('absl').setLevel(logging.WARNING)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if _DISTRIBUTED.value:
+    import jax
+
+    # Must run before anything else touches the devices.
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR_ADDRESS.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
+    if jax.process_index() != 0:
+      # Only process 0 logs; the others still report warnings and errors.
+      logging.getLogger().setLevel(logging.WARNING)
+  if _TPU.value:
+    check_tpu_backend()
+  return run(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _OVERWRITE.value)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 """Data parallelism over simulated CPU devices, and bfloat16 compute."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -99,3 +100,51 @@ def test_bfloat16_keeps_float32_params_and_lowers_loss(small_cifar_folder):
       assert leaf.dtype == jnp.float32
   assert np.all(np.isfinite(losses))
   assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.15
+
+
+def test_tpu_flag_without_tpu_fails_in_one_line(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  command = [sys.executable, str(REPO_ROOT / 'experiments' / 'cifar.py'), '--tpu', f'--workdir={tmp_path}']
+  completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+  assert completed.returncode == 1
+  assert completed.stderr.strip().splitlines()[-1].startswith('--tpu was set but the JAX backend is cpu')
+  assert not any(tmp_path.iterdir())
+
+
+def free_port() -> int:
+  with socket.socket() as sock:
+    sock.bind(('127.0.0.1', 0))
+    return sock.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tiny_cifar_folder, tmp_path):
+  """Two CPU processes on loopback, one device each, train like one process."""
+  common = [
+      '--config.data.source=image_folder', f'--config.data.data_dir={tiny_cifar_folder}',
+      '--config.data.cache_dir=', '--config.num_epochs=1', '--config.batch_size=32',
+  ]
+  script = str(REPO_ROOT / 'experiments' / 'cifar.py')
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  port = free_port()
+  processes = [
+      subprocess.Popen(
+          [sys.executable, script, '--distributed', f'--coordinator_address=127.0.0.1:{port}',
+           '--num_processes=2', f'--process_id={index}', f'--workdir={tmp_path / "multi"}', *common],
+          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for index in range(2)
+  ]
+  outputs = [process.communicate(timeout=300) for process in processes]
+  for process, (stdout, stderr) in zip(processes, outputs):
+    assert process.returncode == 0, stdout + stderr
+  single = subprocess.run([sys.executable, script, f'--workdir={tmp_path / "single"}', *common],
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert single.returncode == 0, single.stderr
+
+  def epoch_line(stdout):
+    return [line for line in stdout.splitlines() if line.startswith('Epoch: 1 |')]
+
+  assert epoch_line(outputs[0][0]) == epoch_line(single.stdout)
+  assert len(epoch_line(single.stdout)) == 1
+  # Only process 0 writes console lines.
+  assert epoch_line(outputs[1][0]) == []
+  assert 'process 0 of 2' in outputs[0][0]
