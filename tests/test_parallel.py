@@ -39,7 +39,7 @@ def results_by_device_count(tmp_path_factory):
 
 
 @pytest.mark.parametrize('device_count', [2, 8])
-def test_same_params_and_batch_stats_on_any_device_count(results_by_device_count, device_count):
+def test_params_match_across_device_counts(results_by_device_count, device_count):
   reference = results_by_device_count[1]
   result = results_by_device_count[device_count]
   assert int(result['device_count']) == device_count
@@ -50,7 +50,7 @@ def test_same_params_and_batch_stats_on_any_device_count(results_by_device_count
 
 
 @pytest.mark.parametrize('device_count', [2, 8])
-def test_same_eval_metrics_on_any_device_count(results_by_device_count, device_count):
+def test_eval_matches_across_device_counts(results_by_device_count, device_count):
   reference = results_by_device_count[1]
   result = results_by_device_count[device_count]
   assert int(result['eval_count']) == 203
