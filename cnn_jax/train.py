@@ -43,17 +43,29 @@ def create_train_state(
   )
 
 
-def make_preprocess(data_config: ml_collections.ConfigDict) -> PreprocessFn:
-  """Return `preprocess(key, images_uint8, train)` for the data config."""
+def make_preprocess(
+    data_config: ml_collections.ConfigDict, stats: pipeline.NormalizationStats | None = None
+) -> PreprocessFn:
+  """Return `preprocess(key, images_uint8, train)` for the data config.
+
+  Training batches are augmented here unless the tf_data pipeline already did
+  it on the host. `standardize` needs `stats`, the training split's mean and std.
+  """
+  if data_config.normalization == 'standardize' and stats is None:
+    raise ValueError(
+        'config.data.normalization=standardize needs the mean and std of the training split: '
+        'pass the `stats` of the input pipeline (or pipeline.channel_stats(train_images)).'
+    )
+  augment_here = pipeline.augments_in_step(data_config)
 
   def preprocess(key: jax.Array, images_uint8: jax.Array, train: bool) -> jax.Array:
     images = images_uint8
-    if train:
-      crop_key, flip_key = jax.random.split(key)
-      images = augment.random_crop(crop_key, images, data_config.crop_padding, data_config.crop_mode)
-      if data_config.random_flip:
-        images = augment.random_flip(flip_key, images)
-    return augment.normalize(images, data_config.normalization)
+    if train and augment_here:
+      images = augment.augment_batch(
+          key, images, data_config.crop_padding, data_config.crop_mode, data_config.random_flip)
+    if stats is None:
+      return augment.normalize(images, data_config.normalization)
+    return augment.normalize(images, data_config.normalization, stats.mean, stats.std)
 
   return preprocess
 
@@ -123,9 +135,13 @@ def jit_eval_step(preprocess: PreprocessFn):
 
 def evaluate(eval_step_fn, state: TrainState, split: data.sources.Split, batch_size: int, mesh) -> dict[str, float]:
   """Mean loss and accuracy over every example of `split`."""
-  sums = []
-  for batch in pipeline.eval_batches(split, batch_size):
-    sums.append(eval_step_fn(state, parallel.shard_batch(batch, mesh)))
+  batches = (parallel.shard_batch(batch, mesh) for batch in pipeline.eval_batches(split, batch_size))
+  return evaluate_batches(eval_step_fn, state, batches)
+
+
+def evaluate_batches(eval_step_fn, state: TrainState, batches) -> dict[str, float]:
+  """Mean loss and accuracy over batches already on the devices (padding masked)."""
+  sums = [eval_step_fn(state, batch) for batch in batches]
   return metrics.means(jax.device_get(sums))
 
 
@@ -145,21 +161,25 @@ def train_and_evaluate(
   logger.info(parallel.describe(mesh, config.batch_size))
 
   logger.info('Loading data: source %s', config.data.source)
-  train_split, test_split = data.load_splits(config.data)
-  logger.info('Train examples: %d, test examples: %d, classes: %d',
-              len(train_split), len(test_split), len(train_split.class_names))
+  inputs = pipeline.create_input_pipeline(
+      config.data, config.batch_size, config.eval_batch_size, config.seed, mesh)
+  logger.info('Train examples: %d, test examples: %d, classes: %d; %s pipeline.',
+              inputs.num_train, inputs.num_test, len(inputs.class_names), config.data.pipeline)
+  if inputs.stats is not None:
+    logger.info('Standardizing with the training split\'s mean %s and std %s.',
+                ', '.join(f'{m:.4f}' for m in inputs.stats.mean), ', '.join(f'{s:.4f}' for s in inputs.stats.std))
 
-  steps_per_epoch = pipeline.steps_per_epoch(len(train_split), config.batch_size, config.data.drop_remainder)
+  steps_per_epoch = inputs.steps_per_epoch
   if steps_per_epoch == 0:
     raise ValueError(
-        f'config.batch_size={config.batch_size} is larger than the {len(train_split)} '
+        f'config.batch_size={config.batch_size} is larger than the {inputs.num_train} '
         'training examples and drop_remainder is on; lower the batch size.'
     )
   schedule = optim.create_learning_rate_schedule(config, steps_per_epoch)
   tx = optim.create_optimizer(config, schedule)
-  model = models.create_model(config.model, len(train_split.class_names), config.dtype)
+  model = models.create_model(config.model, len(inputs.class_names), config.dtype)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(model, tx, init_key, train_split.images.shape[1:])
+  state = create_train_state(model, tx, init_key, inputs.image_shape)
   state = jax.device_put(state, parallel.replicated(mesh))
 
   checkpointer = checkpoints.Checkpointer(workdir, config.checkpoint)
@@ -168,7 +188,7 @@ def train_and_evaluate(
   if writers is None:
     writers = metrics.create_writers(workdir, config)
 
-  preprocess = make_preprocess(config.data)
+  preprocess = make_preprocess(config.data, inputs.stats)
   train_step_fn = jit_train_step(preprocess)
   eval_step_fn = jit_eval_step(preprocess)
 
@@ -186,26 +206,24 @@ def train_and_evaluate(
     epoch, first_batch = divmod(step, steps_per_epoch)
     epoch_sums, window_sums = [], []
     epoch_start = time.perf_counter()
-    batches = pipeline.train_batches(
-        train_split, config.batch_size, config.seed, epoch, config.data.drop_remainder, first_batch
-    )
+    batches = inputs.train_batches(epoch, first_batch)
     for batch_index, batch in enumerate(batches, start=first_batch):
-      state, step_sums = train_step_fn(state, parallel.shard_batch(batch, mesh), train_key)
+      state, step_sums = train_step_fn(state, batch, train_key)
       step += 1
       epoch_sums.append(step_sums)
       window_sums.append(step_sums)
       if (batch_index + 1) % config.log_every_steps == 0 or step == total_steps:
         window = metrics.means(jax.device_get(window_sums))
         metrics.check_finite(window['loss'], step, checkpointer.latest_step())
-        seen = min((batch_index + 1) * config.batch_size, len(train_split))
-        writers.console_progress(epoch + 1, seen, len(train_split), window['loss'])
+        seen = min((batch_index + 1) * config.batch_size, inputs.num_train)
+        writers.console_progress(epoch + 1, seen, inputs.num_train, window['loss'])
         window_sums = []
       if step == total_steps:
         break
 
     train_means = metrics.means(jax.device_get(epoch_sums))
     metrics.check_finite(train_means['loss'], step, checkpointer.latest_step())
-    test_means = evaluate(eval_step_fn, state, test_split, config.eval_batch_size, mesh)
+    test_means = evaluate_batches(eval_step_fn, state, inputs.eval_batches())
     summary = {
         'train_loss': train_means['loss'],
         'train_accuracy': train_means['accuracy'],

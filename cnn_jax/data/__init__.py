@@ -1,36 +1,58 @@
-"""Data sources, preprocessing and batching for image classification."""
+"""Data sources, preprocessing and batching for image classification.
+
+`config.data.source` picks the reader (see SOURCES); `config.data.pipeline`
+picks how batches reach the train step (see pipeline.create_input_pipeline).
+"""
+
+from typing import Sequence
 
 import ml_collections
 
-from cnn_jax.data import sources
-from cnn_jax.data.sources import DataSourceError, Split
+from cnn_jax.data import archives, sources
+from cnn_jax.data.sources import DataSourceError, DataWarning, Split
 
-SOURCES = ('tfds', 'image_folder')
+
+def _tfds(data_config: ml_collections.ConfigDict, splits: Sequence[str]) -> list[Split]:
+  return [
+      sources.load_tfds(data_config.name, split, data_config.data_dir, data_config.download, data_config.image_size)
+      for split in splits
+  ]
+
+
+def _cifar_archive(data_config: ml_collections.ConfigDict, splits: Sequence[str]) -> list[Split]:
+  return archives.load_cifar_archive(data_config.data_dir, splits, data_config.name, data_config.image_size)
+
+
+def _image_folder(data_config: ml_collections.ConfigDict, splits: Sequence[str]) -> list[Split]:
+  return [
+      sources.load_image_folder(data_config.data_dir, split, data_config.image_size, data_config.cache_dir)
+      for split in splits
+  ]
+
+
+# Each reader loads several splits at once, so an archive is read in one pass.
+SOURCES = {
+    'tfds': _tfds,
+    'cifar_archive': _cifar_archive,
+    'image_folder': _image_folder,
+}
+
+
+def _load(data_config: ml_collections.ConfigDict, splits: Sequence[str]) -> list[Split]:
+  if data_config.source not in SOURCES:
+    raise DataSourceError(
+        f'Unknown data source {data_config.source!r}. Valid: {", ".join(SOURCES)}.'
+    )
+  return SOURCES[data_config.source](data_config, splits)
+
+
+def load_split(data_config: ml_collections.ConfigDict, split: str) -> Split:
+  """Load one split of the source named by `data_config.source` into memory."""
+  return _load(data_config, (split,))[0]
 
 
 def load_splits(data_config: ml_collections.ConfigDict) -> tuple[Split, Split]:
   """Load the train and test splits named by `data_config` into memory."""
-  source = data_config.source
-  if source == 'tfds':
-    train = sources.load_tfds(data_config.name, data_config.train_split, data_config.data_dir, data_config.download)
-    test = sources.load_tfds(data_config.name, data_config.test_split, data_config.data_dir, data_config.download)
-  elif source == 'image_folder':
-    if not data_config.data_dir:
-      raise DataSourceError(
-          'config.data.source=image_folder needs config.data.data_dir, the folder '
-          'that holds train/ and test/ with one subfolder per class.'
-      )
-    train = sources.load_image_folder(
-        data_config.data_dir, data_config.train_split, data_config.image_size, data_config.cache_dir)
-    test = sources.load_image_folder(
-        data_config.data_dir, data_config.test_split, data_config.image_size, data_config.cache_dir)
-  else:
-    raise DataSourceError(
-        f'Unknown data source {source!r}. Valid: {", ".join(SOURCES)}.'
-    )
-  if train.class_names != test.class_names:
-    raise DataSourceError(
-        f'The train and test splits have different classes: {train.class_names} '
-        f'and {test.class_names}.'
-    )
+  train, test = _load(data_config, (data_config.train_split, data_config.test_split))
+  sources.check_same_classes(train, test)
   return train.take(data_config.train_limit), test.take(data_config.test_limit)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 NORMALIZATIONS = ('minus_one_to_one', 'standardize')
+CROP_MODES = ('reflect', 'zeros')
 
 
 def normalize(
@@ -43,8 +44,8 @@ def random_crop(
   """Pad by `pad` pixels (reflect or zeros) and crop back at a random offset."""
   if pad <= 0:
     return images_BxHxWxC
-  if mode not in ('reflect', 'zeros'):
-    raise ValueError(f"Unknown crop padding mode {mode!r}. Valid: 'reflect', 'zeros'.")
+  if mode not in CROP_MODES:
+    raise ValueError(f'Unknown crop padding mode {mode!r}. Valid: {", ".join(CROP_MODES)}.')
   batch, height, width, _ = images_BxHxWxC.shape
   padded = jnp.pad(
       images_BxHxWxC,
@@ -57,3 +58,14 @@ def random_crop(
     return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
 
   return jax.vmap(crop)(padded, offsets_Bx2)
+
+
+def augment_batch(
+    key: jax.Array, images_BxHxWxC: jax.Array, crop_padding: int, crop_mode: str, flip: bool
+) -> jax.Array:
+  """Random crop after padding, then a random horizontal flip when `flip`."""
+  crop_key, flip_key = jax.random.split(key)
+  images = random_crop(crop_key, images_BxHxWxC, crop_padding, crop_mode)
+  if flip:
+    images = random_flip(flip_key, images)
+  return images
