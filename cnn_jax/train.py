@@ -12,44 +12,64 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from cnn_jax import checkpoints, data, metrics, models, optim, parallel
+from cnn_jax import checkpoints, data, ema, fast_cpu, inference, losses, metrics, models, optim, parallel, report, tta
 from cnn_jax.data import augment, pipeline
 
 logger = logging.getLogger(__name__)
 
 Metrics = dict[str, jax.Array]
-PreprocessFn = Callable[[jax.Array, jax.Array, bool], jax.Array]
+# preprocess(key, images_uint8, train, step=0) -> float images.
+PreprocessFn = Callable[..., jax.Array]
 
 
 class TrainState(train_state.TrainState):
   """Parameters, optimizer state and step, plus BatchNorm statistics.
 
-  `batch_stats` is an empty dict for models without BatchNorm.
+  `batch_stats` is an empty dict for models without BatchNorm. With weight
+  averaging on, `weight_average` holds the averaged {'params', 'batch_stats'};
+  otherwise it is an empty dict.
   """
 
   batch_stats: Any = None
+  weight_average: Any = None
 
 
 def create_train_state(
-    model, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple[int, ...]
+    model,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    image_shape: tuple[int, ...],
+    init_images: jax.Array | None = None,
+    weight_averaging: bool = False,
 ) -> TrainState:
-  """Initialize parameters from `key` with a dummy batch of `image_shape`."""
+  """Initialize parameters from `key` with a dummy batch of `image_shape`.
+
+  Models with an `init_from_images(params, images)` method (airbench's
+  whitening layer) then set data-dependent parameters from `init_images`,
+  normalized training images. `weight_averaging` starts the average at the
+  initial weights.
+  """
   variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables['params']
+  if init_images is not None and hasattr(model, 'init_from_images'):
+    params = model.init_from_images(params, init_images)
+  batch_stats = variables.get('batch_stats', {})
+  # A copy: the train step donates the state, and a buffer cannot be donated twice.
+  average = jax.tree.map(jnp.copy, {'params': params, 'batch_stats': batch_stats}) if weight_averaging else {}
   return TrainState.create(
-      apply_fn=model.apply,
-      params=variables['params'],
-      tx=tx,
-      batch_stats=variables.get('batch_stats', {}),
-  )
+      apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats, weight_average=average)
 
 
 def make_preprocess(
-    data_config: ml_collections.ConfigDict, stats: pipeline.NormalizationStats | None = None
+    data_config: ml_collections.ConfigDict,
+    stats: pipeline.NormalizationStats | None = None,
+    steps_per_epoch: int = 0,
 ) -> PreprocessFn:
-  """Return `preprocess(key, images_uint8, train)` for the data config.
+  """Return `preprocess(key, images_uint8, train, step=0)` for the data config.
 
   Training batches are augmented here unless the tf_data pipeline already did
-  it on the host. `standardize` needs `stats`, the training split's mean and std.
+  it on the host. `standardize` needs `stats`, the training split's mean and std;
+  `alternating_flip` needs `steps_per_epoch` to know the epoch of `step`.
   """
   if data_config.normalization == 'standardize' and stats is None:
     raise ValueError(
@@ -57,10 +77,19 @@ def make_preprocess(
         'pass the `stats` of the input pipeline (or pipeline.channel_stats(train_images)).'
     )
   augment_here = pipeline.augments_in_step(data_config)
+  if data_config.alternating_flip and (data_config.random_flip or not augment_here or steps_per_epoch <= 0):
+    raise ValueError(
+        'config.data.alternating_flip replaces random_flip (set random_flip=False), runs in the train '
+        f'step (pipeline=in_memory) and needs steps_per_epoch > 0; got random_flip={data_config.random_flip}, '
+        f'pipeline={data_config.pipeline!r}, steps_per_epoch={steps_per_epoch}.'
+    )
 
-  def preprocess(key: jax.Array, images_uint8: jax.Array, train: bool) -> jax.Array:
+  def preprocess(key: jax.Array, images_uint8: jax.Array, train: bool, step: jax.Array | int = 0) -> jax.Array:
     images = images_uint8
     if train and augment_here:
+      if data_config.alternating_flip:
+        # Hashes the raw pixels, so it comes before the random crop.
+        images = augment.alternating_flip(images, step // steps_per_epoch)
       images = augment.augment_batch(
           key, images, data_config.crop_padding, data_config.crop_mode, data_config.random_flip)
     if stats is None:
@@ -86,15 +115,19 @@ def train_step(
     base_key: jax.Array,
     *,
     preprocess: PreprocessFn,
+    label_smoothing: float = 0.0,
+    averaging: ema.WeightAveraging = ema.WeightAveraging(),
 ) -> tuple[TrainState, Metrics]:
   """One SGD step on `batch`; the random key is fold_in(base_key, state.step).
 
-  Returns the new state and the batch's sums of loss, correct predictions and
-  examples (padding excluded by `batch['mask']`).
+  The loss is cross-entropy with `label_smoothing`; `averaging` updates the
+  weight average (or lookahead) after the step. Returns the new state and the
+  batch's sums of (unsmoothed) loss, correct predictions and examples (padding
+  excluded by `batch['mask']`).
   """
   key = jax.random.fold_in(base_key, state.step)
   augment_key, dropout_key = jax.random.split(key)
-  images = preprocess(augment_key, batch['image'], True)
+  images = preprocess(augment_key, batch['image'], True, state.step)
   mask_B = batch['mask']
   num_examples = jnp.maximum(jnp.sum(mask_B), 1.0)
 
@@ -103,7 +136,7 @@ def train_step(
     logits_BxK, updates = state.apply_fn(
         variables, images, train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key}
     )
-    losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxK, batch['label'])
+    losses_B = losses.cross_entropy(logits_BxK, batch['label'], label_smoothing)
     loss = jnp.sum(losses_B * mask_B) / num_examples
     return loss, (logits_BxK, updates)
 
@@ -111,26 +144,63 @@ def train_step(
 
   new_state = state.apply_gradients(grads=grads, batch_stats=updates.get('batch_stats', {}))
 
+  if averaging.enabled:
+    weights = {'params': new_state.params, 'batch_stats': new_state.batch_stats}
+    weights, average = ema.update(averaging, new_state.step, weights, new_state.weight_average)
+    new_state = new_state.replace(
+        params=weights['params'], batch_stats=weights['batch_stats'], weight_average=average)
+
   return new_state, _masked_sums(logits_BxK, batch['label'], mask_B)
 
 
 def eval_step(
-    state: TrainState, batch: dict[str, jax.Array], *, preprocess: PreprocessFn
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    preprocess: PreprocessFn,
+    tta_mode: str = 'none',
+    use_average: bool = False,
 ) -> Metrics:
-  """Sums of loss, correct predictions and examples over the unmasked batch."""
+  """Sums of loss, correct predictions and examples over the unmasked batch.
+
+  `tta_mode` averages the logits over test-time augmentations (tta.TTA_MODES);
+  `use_average` evaluates the weight average (EMA) instead of the weights.
+  """
   images = preprocess(jax.random.key(0), batch['image'], False)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  logits_BxK = state.apply_fn(variables, images, train=False)
+  weights = state.weight_average if use_average else {'params': state.params, 'batch_stats': state.batch_stats}
+  variables = {'params': weights['params'], 'batch_stats': weights['batch_stats']}
+  logits_BxK = tta.tta_logits(lambda x: state.apply_fn(variables, x, train=False), images, tta_mode)
   return _masked_sums(logits_BxK, batch['label'], batch['mask'])
 
 
-def jit_train_step(preprocess: PreprocessFn):
+def jit_train_step(
+    preprocess: PreprocessFn, label_smoothing: float = 0.0, averaging: ema.WeightAveraging = ema.WeightAveraging()
+):
   """Jit `train_step` once, donating the state buffers."""
-  return jax.jit(functools.partial(train_step, preprocess=preprocess), donate_argnums=0)
+  step = functools.partial(train_step, preprocess=preprocess, label_smoothing=label_smoothing, averaging=averaging)
+  return jax.jit(step, donate_argnums=0)
 
 
-def jit_eval_step(preprocess: PreprocessFn):
-  return jax.jit(functools.partial(eval_step, preprocess=preprocess))
+def jit_eval_step(preprocess: PreprocessFn, tta_mode: str = 'none', use_average: bool = False):
+  return jax.jit(functools.partial(eval_step, preprocess=preprocess, tta_mode=tta_mode, use_average=use_average))
+
+
+def weight_averaging(config: ml_collections.ConfigDict, total_steps: int) -> ema.WeightAveraging:
+  """The config's weight averaging over a run of `total_steps` steps."""
+  averaging = config.weight_averaging
+  return ema.WeightAveraging(averaging.mode, averaging.decay, averaging.every_steps,
+                             averaging.warmup_power, total_steps)
+
+
+def init_images(inputs: pipeline.InputPipeline, preprocess: PreprocessFn, count: int) -> jax.Array:
+  """The first `count` training images in epoch-0 order, normalized, for data-dependent init."""
+  images = []
+  for batch in inputs.train_batches(0):
+    host = jax.device_get(batch)
+    images.append(host['image'][host['mask'] > 0])
+    if sum(len(i) for i in images) >= count:
+      break
+  return preprocess(jax.random.key(0), np.concatenate(images)[:count], False)
 
 
 def evaluate(eval_step_fn, state: TrainState, split: data.sources.Split, batch_size: int, mesh) -> dict[str, float]:
@@ -145,16 +215,49 @@ def evaluate_batches(eval_step_fn, state: TrainState, batches) -> dict[str, floa
   return metrics.means(jax.device_get(sums))
 
 
+def _sum_metrics(host_sums: list[dict]) -> dict[str, float]:
+  """Add up per-step metric sums, in the order `metrics.means` adds them."""
+  return {key: sum(float(s[key]) for s in host_sums) for key in ('loss_sum', 'correct', 'count')}
+
+
+def _stop_if_not_finite(host_sums: list[dict], step: int, checkpointer: checkpoints.Checkpointer) -> None:
+  """Raise FloatingPointError naming the first non-finite loss among the steps ending at `step`."""
+  first_step = step - len(host_sums) + 1
+  for offset, sums in enumerate(host_sums):
+    metrics.check_finite(float(sums['loss_sum']), first_step + offset, checkpointer.latest_step())
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
     writers: metrics.Writers | None = None,
+    *,
+    checkpoint: str | None = None,
+    overwrite: bool = False,
 ) -> TrainState:
   """Train `config.model` on `config.data`, evaluating after every epoch.
 
-  Writes TensorBoard events and checkpoints (latest and best) into `workdir`
-  and resumes from its latest checkpoint if there is one.
+  Writes TensorBoard events, `config.json` and checkpoints (latest and best)
+  into `workdir` and resumes from its latest checkpoint if there is one, else
+  from `checkpoint` (a step folder or a folder of steps) when given. Before any
+  training it raises a `checkpoints.CheckpointError` for a workdir of another
+  config, a missing `checkpoint` or an unwritable workdir; `overwrite` deletes
+  the workdir's checkpoints first. SIGTERM or SIGINT saves a checkpoint and
+  raises `checkpoints.TrainingInterrupted`; a NaN or infinite loss raises
+  FloatingPointError. Pending saves are finished before it returns or raises.
   """
+  checkpointer = checkpoints.Checkpointer(workdir, config, restore_from=checkpoint, overwrite=overwrite)
+  with checkpointer, checkpoints.StopSignals() as stop:
+    return _train_and_evaluate(config, workdir, writers, checkpointer, stop)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    writers: metrics.Writers | None,
+    checkpointer: checkpoints.Checkpointer,
+    stop: checkpoints.StopSignals,
+) -> TrainState:
   mesh = parallel.create_mesh()
   parallel.check_batch_size(config.batch_size, mesh.size, 'batch_size')
   parallel.check_batch_size(config.eval_batch_size, mesh.size, 'eval_batch_size')
@@ -168,6 +271,9 @@ def train_and_evaluate(
   if inputs.stats is not None:
     logger.info('Standardizing with the training split\'s mean %s and std %s.',
                 ', '.join(f'{m:.4f}' for m in inputs.stats.mean), ', '.join(f'{s:.4f}' for s in inputs.stats.std))
+  if jax.process_index() == 0:
+    # Class names and input shape, so predict and export work without the data.
+    inference.save_dataset_info(workdir, inputs.class_names, inputs.image_shape, inputs.stats)
 
   steps_per_epoch = inputs.steps_per_epoch
   if steps_per_epoch == 0:
@@ -176,35 +282,39 @@ def train_and_evaluate(
         'training examples and drop_remainder is on; lower the batch size.'
     )
   schedule = optim.create_learning_rate_schedule(config, steps_per_epoch)
-  tx = optim.create_optimizer(config, schedule)
-  model = models.create_model(config.model, len(inputs.class_names), config.dtype)
+  tx = optim.create_optimizer(config, schedule, steps_per_epoch)
+  model = models.create_model(config.model, len(inputs.class_names), config.dtype, **config.model_options)
+  model = fast_cpu.specialize(model, config.cpu_fast_path)
+  preprocess = make_preprocess(config.data, inputs.stats, steps_per_epoch)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(model, tx, init_key, inputs.image_shape)
+  images = init_images(inputs, preprocess, config.init_examples) if hasattr(model, 'init_from_images') else None
+  state = create_train_state(model, tx, init_key, inputs.image_shape, images,
+                             weight_averaging=config.weight_averaging.mode != 'none')
   state = jax.device_put(state, parallel.replicated(mesh))
 
-  checkpointer = checkpoints.Checkpointer(workdir, config.checkpoint)
-  state = checkpointer.restore_latest(state)
+  state, resumed_epoch_sums = checkpointer.restore(state, steps_per_epoch)
   start_step = int(state.step)
   if writers is None:
     writers = metrics.create_writers(workdir, config)
 
-  preprocess = make_preprocess(config.data, inputs.stats)
-  train_step_fn = jit_train_step(preprocess)
-  eval_step_fn = jit_eval_step(preprocess)
-
   total_steps = config.num_epochs * steps_per_epoch
   if config.max_steps > 0:
     total_steps = min(total_steps, config.max_steps)
+  averaging = weight_averaging(config, total_steps)
+  train_step_fn = jit_train_step(preprocess, config.label_smoothing, averaging)
+  eval_step_fn = jit_eval_step(preprocess, use_average=averaging.mode == 'ema')
   if start_step >= total_steps:
     logger.info('Training already finished at step %d.', start_step)
     return state
 
   logger.info('Compiling the train step (the first step takes longer).')
   step = start_step
-  best_accuracy = checkpointer.best_metric()
+  every_steps = config.checkpoint.every_steps
   while step < total_steps:
     epoch, first_batch = divmod(step, steps_per_epoch)
-    epoch_sums, window_sums = [], []
+    # A checkpoint saved mid-epoch carries the sums of the epoch's first batches.
+    epoch_sums = [resumed_epoch_sums] if resumed_epoch_sums and first_batch else []
+    window_sums, resumed_epoch_sums = [], None
     epoch_start = time.perf_counter()
     batches = inputs.train_batches(epoch, first_batch)
     for batch_index, batch in enumerate(batches, start=first_batch):
@@ -212,15 +322,25 @@ def train_and_evaluate(
       step += 1
       epoch_sums.append(step_sums)
       window_sums.append(step_sums)
+      writers.train_progress(epoch + 1, min((batch_index + 1) * config.batch_size, inputs.num_train),
+                             inputs.num_train)
       if (batch_index + 1) % config.log_every_steps == 0 or step == total_steps:
-        window = metrics.means(jax.device_get(window_sums))
-        metrics.check_finite(window['loss'], step, checkpointer.latest_step())
+        host_window = jax.device_get(window_sums)
+        _stop_if_not_finite(host_window, step, checkpointer)
+        window = metrics.means(host_window)
         seen = min((batch_index + 1) * config.batch_size, inputs.num_train)
         writers.console_progress(epoch + 1, seen, inputs.num_train, window['loss'])
         window_sums = []
       if step == total_steps:
         break
+      epoch_end = batch_index + 1 == steps_per_epoch
+      if not epoch_end and (stop.received or (every_steps > 0 and step % every_steps == 0)):
+        _stop_if_not_finite(jax.device_get(window_sums), step, checkpointer)
+        checkpointer.save(step, state, _sum_metrics(jax.device_get(epoch_sums)))
+        if stop.received:
+          raise checkpoints.TrainingInterrupted(stop.received, step, checkpointer.directory)
 
+    _stop_if_not_finite(jax.device_get(window_sums), step, checkpointer)
     train_means = metrics.means(jax.device_get(epoch_sums))
     metrics.check_finite(train_means['loss'], step, checkpointer.latest_step())
     test_means = evaluate_batches(eval_step_fn, state, inputs.eval_batches())
@@ -233,11 +353,24 @@ def train_and_evaluate(
         'epoch_seconds': time.perf_counter() - epoch_start,
     }
     writers.write_epoch(epoch + 1, step, summary)
-    checkpointer.save(step, state, summary)
-    if best_accuracy is None or summary['test_accuracy'] > best_accuracy:
-      best_accuracy = summary['test_accuracy']
+    checkpointer.offer_best(step, state, summary)
+    if (config.checkpoint.every_epoch or step == total_steps or stop.received
+        or (every_steps > 0 and step % every_steps == 0)):
+      checkpointer.save(step, state)
+    if stop.received and step < total_steps:
+      raise checkpoints.TrainingInterrupted(stop.received, step, checkpointer.directory)
+
+  if config.tta != 'none':
+    tta_means = evaluate_batches(jit_eval_step(preprocess, config.tta, averaging.mode == 'ema'), state,
+                                 inputs.eval_batches())
+    logger.info('Final test accuracy with %s test-time augmentation: %.4f (loss %.4f, %d images).',
+                config.tta, tta_means['accuracy'], tta_means['loss'], tta_means['count'])
 
   checkpointer.close()
   writers.close()
-  logger.info('Finished training at step %d; best test accuracy %.4f.', step, best_accuracy)
+  if jax.process_index() == 0:
+    logger.info('Training curves: %s', report.write_training_curves(workdir))
+  best = checkpointer.best_metric()
+  logger.info('Finished training at step %d; best %s %.4f.', step, config.checkpoint.best_metric,
+              float('nan') if best is None else best)
   return state

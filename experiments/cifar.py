@@ -40,7 +40,7 @@ _CHECKPOINT = flags.DEFINE_string(
     'so rerunning the same command resumes from the workdir.')
 _OVERWRITE = flags.DEFINE_bool(
     'overwrite', False,
-    'Delete the checkpoints, best/ and config.json already in --workdir and start from step 0.')
+    'Delete the checkpoints, best/, config.json and dataset.json already in --workdir and start from step 0.')
 _TPU = flags.DEFINE_bool('tpu', False, 'Require a TPU backend; exit with an error when there is none.')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False,

@@ -69,3 +69,28 @@ def augment_batch(
   if flip:
     images = random_flip(flip_key, images)
   return images
+
+
+def image_hash_bit(images_BxHxWxC: jax.Array, seed: int = 0) -> jax.Array:
+  """A pseudo-random bit per image, a fixed function of its pixels and `seed` (bool (B,)).
+
+  A random-weighted sum of the pixels modulo 2**32, then an integer mixer: an
+  image gets the same bit in every epoch without carrying its index.
+  """
+  weights = jax.random.bits(jax.random.key(seed), images_BxHxWxC.shape[1:], jnp.uint32)
+  h = jnp.sum(images_BxHxWxC.astype(jnp.uint32) * weights, axis=(1, 2, 3), dtype=jnp.uint32)
+  h = (h ^ (h >> 16)) * jnp.uint32(0x7FEB352D)
+  h = (h ^ (h >> 15)) * jnp.uint32(0x846CA68B)
+  return (h >> 31).astype(bool)
+
+
+def alternating_flip(images_BxHxWxC: jax.Array, epoch: jax.Array, seed: int = 0) -> jax.Array:
+  """Flip each image left-right in every other epoch (airbench's alternating flip).
+
+  In even epochs the images whose `image_hash_bit` is set are flipped (about
+  half), in odd epochs the others, so every image is seen both ways in any two
+  consecutive epochs instead of at random.
+  NOTE: identical images share one bit; CIFAR-10 has a handful of duplicates.
+  """
+  flip_B = image_hash_bit(images_BxHxWxC, seed) ^ (epoch % 2 == 1)
+  return jnp.where(flip_B[:, None, None, None], images_BxHxWxC[:, :, ::-1], images_BxHxWxC)

@@ -1,22 +1,29 @@
 """Model registry: every model is built by name through `create_model`."""
 
-from typing import Callable
+import functools
+from typing import Any, Callable
 
 import jax.numpy as jnp
 from flax import linen as nn
 
+from cnn_jax.models.airbench import Airbench
+from cnn_jax.models.resnet import PreActResNet, ResNet9
 from cnn_jax.models.simple_cnn import SimpleCNN
 
-# Each entry builds a module from (num_classes, dtype).
+# Each entry builds a module from (num_classes, dtype, **options); the options
+# are the module's own fields (for example airbench's widths or logit_scale).
 MODELS: dict[str, Callable[..., nn.Module]] = {
     'simple_cnn': SimpleCNN,
+    'resnet18': functools.partial(PreActResNet, stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512)),
+    'resnet9': ResNet9,
+    'airbench': Airbench,
 }
 
 
-def create_model(name: str, num_classes: int, dtype: str = 'float32') -> nn.Module:
+def create_model(name: str, num_classes: int, dtype: str = 'float32', **options: Any) -> nn.Module:
   """Build the registered model `name`; raises ValueError listing valid names."""
   if name not in MODELS:
     raise ValueError(
         f'Unknown model {name!r}. Valid models: {", ".join(sorted(MODELS))}.'
     )
-  return MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype))
+  return MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype), **options)
