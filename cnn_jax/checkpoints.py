@@ -165,10 +165,10 @@ def find_checkpoint(path: str) -> tuple[str, int]:
     raise CheckpointNotFoundError(f'The checkpoint path {path} does not exist.')
   name = os.path.basename(path)
   if name.isdigit():
-    directory, steps, step = os.path.dirname(path), [int(name)], int(name)
+    directory, step = os.path.dirname(path), int(name)
   else:
-    directory, steps = path, _step_dirs(path)
-    step = steps[-1] if steps else None
+    steps = _step_dirs(path)
+    directory, step = path, (steps[-1] if steps else None)
   if step is None or step not in _step_dirs(directory):
     raise CheckpointNotFoundError(
         f'The checkpoint path {path} holds no complete checkpoint. Pass a step folder such as '
@@ -182,8 +182,8 @@ class Checkpointer:
 
   Creating it checks the workdir before any training: its stored config must match `config` (up to
   RESUMABLE_CHANGES), an explicit `restore_from` must hold a checkpoint, and the workdir must be
-  writable. `overwrite=True` first deletes the workdir's checkpoints, config and data description. Use it as a
-  context manager: leaving waits for asynchronous saves to finish.
+  writable. `overwrite=True` first deletes the workdir's checkpoints, config and dataset.json. Use
+  it as a context manager: leaving waits for asynchronous saves to finish.
   """
 
   def __init__(
@@ -336,11 +336,14 @@ class Checkpointer:
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(state))
     try:
       restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+      custom = manager.metadata(step).custom_metadata or {}
     except (ValueError, KeyError, TypeError) as error:
       raise ConfigMismatchError(
           f'The checkpoint {path} does not fit the model and optimizer of this config: {error}'
       ) from error
-    custom = manager.metadata(step).custom_metadata or {}
+    finally:
+      if manager is not self.latest_manager:
+        manager.close()
     epoch, batch = divmod(step, steps_per_epoch)
     logger.info('Resuming from %s%s: step %d, epoch %d, next batch %d of %d.',
                 path, origin, step, epoch + 1, batch + 1, steps_per_epoch)
@@ -383,7 +386,7 @@ class Checkpointer:
     if self._best_value is not None and not (
         value > self._best_value if self._mode == 'max' else value < self._best_value):
       return False
-    if step in self.best_manager.all_steps():
+    if step in self.best_manager.all_steps():  # Already saved (a resumed run re-evaluating a step).
       return False
     with self._write_errors('write the best checkpoint to', step):
       self.best_manager.save(step, args=ocp.args.StandardSave(_savable(state)), metrics=dict(summary))
