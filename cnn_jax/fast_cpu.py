@@ -21,8 +21,8 @@ from jax import lax
 
 # Largest output strip, in values (pixels * features), that a row of the banded
 # multiply computes. Wider strips waste work on the zeros of the band; narrower
-# ones give the multiply too few columns. 32 was fastest for SimpleCNN's layers
-# (docs/benchmarks.md); layers with more than 16 features keep the XLA convolution.
+# ones give the multiply too few columns. 32 was fastest when SimpleCNN's layers
+# were timed on a 2-core CPU; layers with more than 16 features keep the XLA convolution.
 MAX_STRIP_VALUES = 32
 
 
