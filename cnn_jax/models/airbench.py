@@ -100,6 +100,7 @@ class Airbench(nn.Module):
         2 * k * k * in_channels, (k, k), padding='VALID', dtype=self.dtype, name='whiten',
         kernel_init=layers.torch_default_kernel_init(),
         bias_init=layers.torch_default_bias_init(k * k * in_channels),
+        conv_general_dilated=layers.conv_general_dilated_for(self.cpu_fast_path),
     )(x)
     x = gelu(x)
     for i, width in enumerate(self.widths):
