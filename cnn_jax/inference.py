@@ -129,7 +129,8 @@ def find_checkpoint(
     if not workdir:
       raise InferenceError('Give a workdir or a checkpoint path.')
     if not Path(workdir).expanduser().is_dir():
-      raise InferenceError(f'Workdir {workdir!r} not found.')
+      raise InferenceError(f'Workdir {workdir!r} not found. Check the path, or train a run first: '
+                           f'python experiments/cifar.py --workdir={workdir}')
     # best/ keeps one step: a checkpoint is saved there only when it beats the one before.
     checkpoint = os.path.join(workdir, checkpoints.BEST_DIR if which == 'best' else checkpoints.LATEST_DIR)
     if not os.path.isdir(checkpoint):

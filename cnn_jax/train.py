@@ -246,6 +246,9 @@ def train_and_evaluate(
   raises `checkpoints.TrainingInterrupted`; a NaN or infinite loss raises
   FloatingPointError. Pending saves are finished before it returns or raises.
   """
+  # Names and paths first, so a typo fails before the workdir is created.
+  models.check_model_name(config.model)
+  data.check_source(config.data)
   checkpointer = checkpoints.Checkpointer(workdir, config, restore_from=checkpoint, overwrite=overwrite)
   with checkpointer, checkpoints.StopSignals() as stop:
     return _train_and_evaluate(config, workdir, writers, checkpointer, stop)

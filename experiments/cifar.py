@@ -8,6 +8,8 @@ Rerunning the same command resumes from the workdir's latest checkpoint.
 Exit codes:
   0    training finished (or had finished before)
   1    any other error (Python traceback)
+  2    invalid flags or config: an unknown config field, model or data source, or a data path
+       that does not exist (checked before anything is written to the workdir)
   3    the workdir holds checkpoints of another config (the message lists the differences)
   4    --checkpoint does not exist or holds no complete checkpoint
   5    writing to the workdir failed (permission, disk full); the last good checkpoint is kept
@@ -25,14 +27,35 @@ from ml_collections import config_flags
 # Make `cnn_jax` importable when the script runs from a source checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnn_jax import checkpoints, train  # noqa: E402
+from cnn_jax import checkpoints, data, models, train  # noqa: E402
 
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 
 _WORKDIR = flags.DEFINE_string('workdir', './workdir', 'Folder for checkpoints and TensorBoard events.')
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(_CONFIG_DIR, 'default.py'), 'Training configuration file.', lock_config=True
-)
+EXIT_INVALID_CONFIG = 2
+
+
+def exit_for_unknown_config_field(error: Exception) -> None:
+  """Exit with one line for a --config.<field>=... override of a field the config lacks."""
+  # ml_collections raises an AttributeError wrapping a KeyError whose message is the field name,
+  # then a newline and a "Did you mean" hint when one is close.
+  detail = error
+  while isinstance(detail, Exception) and detail.args:
+    detail = detail.args[0]
+  field, _, hint = str(detail).partition('\n')
+  overrides = [arg.split('=')[0] for arg in sys.argv[1:] if arg.startswith('--config.')]
+  print(f'Error: unknown config field {field} in {", ".join(overrides)}. {hint} The fields and '
+        f'their defaults are in the --config file (default: {_CONFIG_DIR}/default.py).'.replace('  ', ' '),
+        file=sys.stderr)
+  sys.exit(EXIT_INVALID_CONFIG)
+
+
+try:  # Defining the flag already applies the overrides on the command line to the default config.
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(_CONFIG_DIR, 'default.py'), 'Training configuration file.', lock_config=True
+  )
+except (AttributeError, KeyError) as _error:
+  exit_for_unknown_config_field(_error)
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None,
     'Start from this checkpoint: a step folder (RUN/checkpoints/<step>, RUN/best/<step>) or a folder '
@@ -73,6 +96,8 @@ EXIT_CHECKPOINT_NOT_FOUND = 4
 EXIT_WRITE_FAILED = 5
 EXIT_NONFINITE_LOSS = 6
 _EXIT_CODES = (  # Checked in order: the first matching class wins.
+    (data.DataSourceError, EXIT_INVALID_CONFIG),
+    (models.UnknownModelError, EXIT_INVALID_CONFIG),
     (checkpoints.ConfigMismatchError, EXIT_CONFIG_MISMATCH),
     (checkpoints.CheckpointNotFoundError, EXIT_CHECKPOINT_NOT_FOUND),
     (checkpoints.CheckpointWriteError, EXIT_WRITE_FAILED),
@@ -93,12 +118,25 @@ def run(config, workdir: str, checkpoint: str | None = None, overwrite: bool = F
   return 0
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parse the flags; an override of a config field that does not exist exits with one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as error:
+    exit_for_unknown_config_field(error)
+  except flags.Error as error:  # An invalid flag value, as absl's own parser reports it.
+    print(f'Error: {error}. Pass --helpfull to see every flag.', file=sys.stderr)
+    sys.exit(EXIT_INVALID_CONFIG)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stdout, force=True)
   # Orbax logs every save step at INFO through absl; keep its warnings only.
   logging.getLogger('absl').setLevel(logging.WARNING)
+  # JAX logs each platform it could not load (no libtpu on a CPU machine) at INFO.
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   if _DISTRIBUTED.value:
     import jax
 
@@ -117,4 +155,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -21,7 +21,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 from PIL import Image
 
-from cnn_jax import checkpoints, metrics, models, optim, train
+from cnn_jax import checkpoints, data, metrics, models, optim, train
 from experiments import cifar
 from experiments.configs import default
 from tests.conftest import REPO_ROOT
@@ -287,6 +287,8 @@ def test_diverging_loss_stops_at_once_and_keeps_the_last_good_checkpoint(
 
 
 @pytest.mark.parametrize('error, code', [
+    (data.DataSourceError('no such folder'), 2),
+    (models.UnknownModelError('no such model'), 2),
     (checkpoints.ConfigMismatchError('other config'), 3),
     (checkpoints.CheckpointNotFoundError('no checkpoint'), 4),
     (checkpoints.CheckpointWriteError('disk full'), 5),

@@ -38,11 +38,25 @@ SOURCES = {
 }
 
 
-def _load(data_config: ml_collections.ConfigDict, splits: Sequence[str]) -> list[Split]:
+def check_source(data_config: ml_collections.ConfigDict) -> None:
+  """Raise DataSourceError for an unknown source, or a local source whose data_dir is missing.
+
+  Cheap checks only, so a run can fail before it writes anything; reading the
+  data finds the rest (a missing split, a corrupt file).
+  """
   if data_config.source not in SOURCES:
     raise DataSourceError(
-        f'Unknown data source {data_config.source!r}. Valid: {", ".join(SOURCES)}.'
+        f'Unknown data source {data_config.source!r}. Valid: {", ".join(SOURCES)}; '
+        'set one with --config.data.source.'
     )
+  if data_config.source == 'image_folder':
+    sources.check_image_folder_root(data_config.data_dir, data_config.train_split)
+  elif data_config.source == 'cifar_archive':
+    archives.find_archive(data_config.data_dir, data_config.name)
+
+
+def _load(data_config: ml_collections.ConfigDict, splits: Sequence[str]) -> list[Split]:
+  check_source(data_config)
   return SOURCES[data_config.source](data_config, splits)
 
 

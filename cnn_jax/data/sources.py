@@ -197,15 +197,8 @@ def _image_files(class_dir: Path) -> tuple[list[Path], list[Path]]:
   return images, others
 
 
-def load_image_folder(
-    root: str, split: str, image_size: int = 32, cache_dir: str = ''
-) -> Split:
-  """Read ROOT/<split>/<class>/<image> with PNG or JPEG images.
-
-  Files that are not PNG or JPEG (.DS_Store, Thumbs.db, notes) are skipped.
-  With `cache_dir`, the decoded arrays are stored there as .npz and reused
-  while the file list, sizes and modification times stay the same.
-  """
+def check_image_folder_root(root: str, split: str = 'train') -> Path:
+  """Return `root` as a Path; raise DataSourceError when it is empty or not a folder."""
   if not root:
     raise DataSourceError(
         'config.data.source=image_folder needs config.data.data_dir, the folder '
@@ -217,6 +210,19 @@ def load_image_folder(
         f'Image folder {str(root_dir)!r} does not exist. Expected the layout '
         f'ROOT/{split}/<class name>/<image>.png|jpg; check --config.data.data_dir.'
     )
+  return root_dir
+
+
+def load_image_folder(
+    root: str, split: str, image_size: int = 32, cache_dir: str = ''
+) -> Split:
+  """Read ROOT/<split>/<class>/<image> with PNG or JPEG images.
+
+  Files that are not PNG or JPEG (.DS_Store, Thumbs.db, notes) are skipped.
+  With `cache_dir`, the decoded arrays are stored there as .npz and reused
+  while the file list, sizes and modification times stay the same.
+  """
+  root_dir = check_image_folder_root(root, split)
   split_dir = root_dir / split
   if not split_dir.is_dir():
     found = sorted(p.name for p in root_dir.iterdir() if p.is_dir())

@@ -20,10 +20,20 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def create_model(name: str, num_classes: int, dtype: str = 'float32', **options: Any) -> nn.Module:
-  """Build the registered model `name`; raises ValueError listing valid names."""
+class UnknownModelError(ValueError):
+  """A model name that is not in the registry; the message lists the valid ones."""
+
+
+def check_model_name(name: str) -> None:
+  """Raise UnknownModelError unless `name` is a registered model."""
   if name not in MODELS:
-    raise ValueError(
-        f'Unknown model {name!r}. Valid models: {", ".join(sorted(MODELS))}.'
+    raise UnknownModelError(
+        f'Unknown model {name!r}. Valid models: {", ".join(sorted(MODELS))}; '
+        'set one with --config.model.'
     )
+
+
+def create_model(name: str, num_classes: int, dtype: str = 'float32', **options: Any) -> nn.Module:
+  """Build the registered model `name`; raises UnknownModelError listing valid names."""
+  check_model_name(name)
   return MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype), **options)
