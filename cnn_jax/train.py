@@ -359,7 +359,9 @@ def _train_and_evaluate(
     checkpointer.offer_best(step, state, summary)
     if (config.checkpoint.every_epoch or step == total_steps or stop.received
         or (every_steps > 0 and step % every_steps == 0)):
-      checkpointer.save(step, state)
+      # max_steps can end the run inside an epoch: keep that epoch's sums for a later resume.
+      unfinished_epoch_sums = _sum_metrics(jax.device_get(epoch_sums)) if step % steps_per_epoch else None
+      checkpointer.save(step, state, unfinished_epoch_sums)
     if stop.received and step < total_steps:
       raise checkpoints.TrainingInterrupted(stop.received, step, checkpointer.directory)
 

@@ -227,6 +227,33 @@ def test_killed_and_stopped_runs_end_as_an_uninterrupted_run(image_folder, subpr
   assert_bitwise_equal(restore(workdir, config).params, reference.params)
 
 
+class EpochRecorder(metrics.Writers):
+  """Quiet console; keeps every epoch summary written."""
+
+  def __init__(self):
+    super().__init__(None, stream=io.StringIO(), progress_bar=False)
+    self.summaries = []
+
+  def write_epoch(self, epoch, step, summary):
+    super().write_epoch(epoch, step, summary)
+    self.summaries.append((epoch, step, dict(summary)))
+
+
+def test_max_steps_inside_an_epoch_keeps_its_train_metrics(image_folder, compilation_cache, tmp_path):
+  uninterrupted = EpochRecorder()
+  train.train_and_evaluate(tiny_config(image_folder, max_steps=STEPS_PER_EPOCH), str(tmp_path / 'a'),
+                           uninterrupted)
+  stopped, resumed = EpochRecorder(), EpochRecorder()
+  train.train_and_evaluate(tiny_config(image_folder, max_steps=4), str(tmp_path / 'b'), stopped)
+  train.train_and_evaluate(tiny_config(image_folder, max_steps=STEPS_PER_EPOCH), str(tmp_path / 'b'), resumed)
+
+  assert [(epoch, step) for epoch, step, _ in stopped.summaries] == [(1, 4)]
+  assert [(epoch, step) for epoch, step, _ in resumed.summaries] == [(1, STEPS_PER_EPOCH)]
+  expected, actual = uninterrupted.summaries[0][2], resumed.summaries[0][2]
+  for name in ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy'):
+    assert actual[name] == expected[name], name
+
+
 def test_checkpoints_restore_on_other_device_counts(image_folder, subprocess_env, tmp_path):
   workdir = tmp_path / 'run'
   train.train_and_evaluate(tiny_config(image_folder, max_steps=4), str(workdir), quiet_writers()[0])
