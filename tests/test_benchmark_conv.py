@@ -37,6 +37,7 @@ def test_xla_gradients_are_the_autodiff_gradients():
 def test_layer_shapes_are_valid_convs():
   for model, shapes in benchmark_conv.LAYER_SHAPES.items():
     for size, in_features, out_features in shapes:
-      x = jnp.zeros((1, size, size, in_features))
-      kernel = jnp.zeros((3, 3, in_features, out_features))
-      assert benchmark_conv.forward_taps9(x, kernel).shape == (1, size, size, out_features), model
+      x = jax.ShapeDtypeStruct((1, size, size, in_features), jnp.float32)
+      kernel = jax.ShapeDtypeStruct((3, 3, in_features, out_features), jnp.float32)
+      for fn in benchmark_conv.PARTS['forward'].values():
+        assert jax.eval_shape(fn, x, kernel).shape == (1, size, size, out_features), (model, fn.__name__)
