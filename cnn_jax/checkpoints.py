@@ -66,6 +66,21 @@ class ConfigMismatchError(CheckpointError):
   """The workdir's checkpoints belong to another config."""
 
 
+class CheckpointReadError(CheckpointError):
+  """A checkpoint of the workdir's own config that cannot be read: damaged or incomplete."""
+
+
+def damaged_checkpoint_message(path: str, error: Exception) -> str:
+  """One message for a checkpoint that fails to load although its config matches."""
+  detail = ' '.join(str(error).split())
+  if len(detail) > 300:
+    detail = detail[:300] + ' ...'
+  return (f'The checkpoint {path} could not be read ({type(error).__name__}: {detail}). Its config '
+          f'matches, so the folder is damaged or incomplete (an interrupted copy, a disk error, a '
+          f'folder that is not a checkpoint). Move or delete {path} to go on from the checkpoint '
+          f'before it, or start a new --workdir.')
+
+
 class CheckpointNotFoundError(CheckpointError):
   """An explicit checkpoint path that does not exist or holds no complete checkpoint."""
 
@@ -337,10 +352,13 @@ class Checkpointer:
     try:
       restored = manager.restore(step, args=ocp.args.StandardRestore(target))
       custom = manager.metadata(step).custom_metadata or {}
-    except (ValueError, KeyError, TypeError) as error:
-      raise ConfigMismatchError(
-          f'The checkpoint {path} does not fit the model and optimizer of this config: {error}'
-      ) from error
+    except Exception as error:  # Orbax and TensorStore raise ValueError, OSError and bare Exception.
+      if self._source and manager is not self.latest_manager:
+        # Another workdir's checkpoint: its config was not compared with this one.
+        raise ConfigMismatchError(
+            f'The checkpoint {path} does not fit the model and optimizer of this config: {error}'
+        ) from error
+      raise CheckpointReadError(damaged_checkpoint_message(path, error)) from error
     finally:
       if manager is not self.latest_manager:
         manager.close()

@@ -14,6 +14,8 @@ Exit codes:
   4    --checkpoint does not exist or holds no complete checkpoint
   5    writing to the workdir failed (permission, disk full); the last good checkpoint is kept
   6    the loss became NaN or infinite (the message names the step and the last good checkpoint)
+  7    the latest checkpoint cannot be read although its config matches (damaged or incomplete;
+       the message names the folder to move away)
   130  stopped by SIGINT after saving a checkpoint (143 for SIGTERM): rerun to resume
 """
 
@@ -95,6 +97,7 @@ EXIT_CONFIG_MISMATCH = 3
 EXIT_CHECKPOINT_NOT_FOUND = 4
 EXIT_WRITE_FAILED = 5
 EXIT_NONFINITE_LOSS = 6
+EXIT_CHECKPOINT_DAMAGED = 7
 _EXIT_CODES = (  # Checked in order: the first matching class wins.
     (data.DataSourceError, EXIT_INVALID_CONFIG),
     (models.UnknownModelError, EXIT_INVALID_CONFIG),
@@ -102,6 +105,7 @@ _EXIT_CODES = (  # Checked in order: the first matching class wins.
     (checkpoints.CheckpointNotFoundError, EXIT_CHECKPOINT_NOT_FOUND),
     (checkpoints.CheckpointWriteError, EXIT_WRITE_FAILED),
     (FloatingPointError, EXIT_NONFINITE_LOSS),
+    (checkpoints.CheckpointReadError, EXIT_CHECKPOINT_DAMAGED),
 )
 
 
@@ -151,7 +155,14 @@ def main(argv):
       logging.getLogger().setLevel(logging.WARNING)
   if _TPU.value:
     check_tpu_backend()
-  return run(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _OVERWRITE.value)
+  code = run(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, _OVERWRITE.value)
+  if code == EXIT_WRITE_FAILED:
+    # Orbax's background save threads wait minutes on a failed write before they give up. The
+    # message is out and the last good checkpoint is complete, so exit without joining them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  return code
 
 
 if __name__ == '__main__':

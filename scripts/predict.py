@@ -21,11 +21,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from scripts import _cli  # noqa: E402
 
 
+def _positive_int(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'must be 1 or more, got {value}')
+  return value
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   _cli.add_model_arguments(parser)
   parser.add_argument('images', nargs='+', metavar='IMAGE', help='Image files (PNG, JPEG, ...).')
-  parser.add_argument('--top_k', type=int, default=5, help='Classes to show per image (default: 5).')
+  parser.add_argument('--top_k', type=_positive_int, default=5, help='Classes to show per image (default: 5).')
   parser.add_argument('--json', action='store_true', help='Print one JSON list instead of text.')
   parser.add_argument('--batch_size', type=int, default=256, help='Images per forward pass.')
   parser.add_argument('--verbose', action='store_true', help='Log loading steps to stderr.')

@@ -100,6 +100,41 @@ def test_stale_temporary_folder_is_ignored_and_removed(tmp_path, caplog):
   assert list((tmp_path / 'best').iterdir()) == []
 
 
+def truncate_largest_file(folder) -> None:
+  largest = max((p for p in folder.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  with open(largest, 'r+b') as f:
+    f.truncate(100)
+
+
+@pytest.mark.parametrize('damage', ['truncated data', 'missing _METADATA', 'junk step folder'])
+def test_damaged_latest_checkpoint_is_named_and_kept(tmp_path, damage):
+  config = make_config()
+  save_steps(tmp_path, config, [10, 20])
+  damaged = tmp_path / 'checkpoints' / '20'
+  if damage == 'truncated data':
+    truncate_largest_file(damaged)
+  elif damage == 'missing _METADATA':
+    (damaged / 'default' / '_METADATA').unlink()
+  else:
+    damaged = tmp_path / 'checkpoints' / '999'
+    damaged.mkdir()
+    (damaged / 'notes.txt').write_text('not a checkpoint')
+
+  with checkpoints.Checkpointer(tmp_path, config) as checkpointer:
+    with pytest.raises(checkpoints.CheckpointReadError) as raised:
+      checkpointer.restore(make_state(config), steps_per_epoch=7)
+  message = str(raised.value)
+  assert f'The checkpoint {damaged} could not be read' in message
+  assert f'Move or delete {damaged} to go on from the checkpoint before it' in message
+  assert damaged.is_dir()
+  assert (tmp_path / 'checkpoints' / '10').is_dir()
+
+  shutil.rmtree(damaged)  # The advice in the message: the run then resumes from the step before.
+  with checkpoints.Checkpointer(tmp_path, config) as checkpointer:
+    restored, _ = checkpointer.restore(make_state(config), steps_per_epoch=7)
+  assert int(restored.step) == (20 if damage == 'junk step folder' else 10)
+
+
 def test_other_config_is_refused_with_the_differences(tmp_path):
   config = make_config()
   save_steps(tmp_path, config, [10])

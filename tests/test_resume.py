@@ -320,6 +320,7 @@ def test_diverging_loss_stops_at_once_and_keeps_the_last_good_checkpoint(
     (checkpoints.CheckpointNotFoundError('no checkpoint'), 4),
     (checkpoints.CheckpointWriteError('disk full'), 5),
     (FloatingPointError('Loss is nan'), 6),
+    (checkpoints.CheckpointReadError('damaged'), 7),
     (checkpoints.TrainingInterrupted(signal.SIGTERM, 7, '/run/checkpoints'), 143),
     (checkpoints.TrainingInterrupted(signal.SIGINT, 7, '/run/checkpoints'), 130),
 ])
