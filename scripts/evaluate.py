@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
     )
   except (inference.InferenceError, data.DataSourceError) as error:
-    print(f'evaluate.py: error: {error}', file=sys.stderr)
+    # Data messages name the training flags; this script sets the same fields with its own.
+    message = str(error).replace('--config.data.data_dir', '--data_dir').replace('--config.data.source', '--source')
+    print(f'evaluate.py: error: {message}', file=sys.stderr)
     return _cli.EXIT_ERROR
 
   print(f'Checkpoint {model.checkpoint_dir} (step {model.step}) on {split_name!r} '
