@@ -70,15 +70,18 @@ class CheckpointReadError(CheckpointError):
   """A checkpoint of the workdir's own config that cannot be read: damaged or incomplete."""
 
 
-def damaged_checkpoint_message(path: str, error: Exception) -> str:
-  """One message for a checkpoint that fails to load although its config matches."""
+def error_summary(error: Exception, max_chars: int = 300) -> str:
+  """Return `error`'s message on one line, cut to `max_chars` (TensorStore errors span pages)."""
   detail = ' '.join(str(error).split())
-  if len(detail) > 300:
-    detail = detail[:300] + ' ...'
-  return (f'The checkpoint {path} could not be read ({type(error).__name__}: {detail}). Its config '
-          f'matches, so the folder is damaged or incomplete (an interrupted copy, a disk error, a '
-          f'folder that is not a checkpoint). Move or delete {path} to go on from the checkpoint '
-          f'before it, or start a new --workdir.')
+  return detail if len(detail) <= max_chars else detail[:max_chars] + ' ...'
+
+
+def damaged_checkpoint_message(path: str, error: Exception) -> str:
+  """Build the message for a checkpoint that fails to load although its config matches."""
+  return (f'The checkpoint {path} could not be read ({type(error).__name__}: {error_summary(error)}). '
+          'Its config matches, so the folder is damaged or incomplete (an interrupted copy, a disk '
+          f'error, a folder that is not a checkpoint). Move or delete {path} to go on from the '
+          'checkpoint before it, or start a new --workdir.')
 
 
 class CheckpointNotFoundError(CheckpointError):

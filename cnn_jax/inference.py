@@ -177,7 +177,7 @@ def _restore_variables(
     except (ValueError, KeyError) as error:
       raise InferenceError(
           f'The checkpoint {str(step_dir)!r} does not match the model its config describes, or is '
-          f'damaged: {" ".join(str(error).split())[:300]}'
+          f'damaged: {checkpoints.error_summary(error)}'
       ) from error
     except Exception as error:  # TensorStore read errors surface as bare Exception.
       raise InferenceError(checkpoints.damaged_checkpoint_message(str(step_dir), error)) from error

@@ -33,7 +33,6 @@ from cnn_jax import checkpoints, data, models, train  # noqa: E402
 
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 
-_WORKDIR = flags.DEFINE_string('workdir', './workdir', 'Folder for checkpoints and TensorBoard events.')
 EXIT_INVALID_CONFIG = 2
 
 
@@ -46,12 +45,13 @@ def exit_for_unknown_config_field(error: Exception) -> None:
     detail = detail.args[0]
   field, _, hint = str(detail).partition('\n')
   overrides = [arg.split('=')[0] for arg in sys.argv[1:] if arg.startswith('--config.')]
-  print(f'Error: unknown config field {field} in {", ".join(overrides)}. {hint} The fields and '
-        f'their defaults are in the --config file (default: {_CONFIG_DIR}/default.py).'.replace('  ', ' '),
-        file=sys.stderr)
+  sentences = [f'Error: unknown config field {field} in {", ".join(overrides)}.', hint,
+               f'The fields and their defaults are in the --config file (default: {_CONFIG_DIR}/default.py).']
+  print(' '.join(sentence for sentence in sentences if sentence), file=sys.stderr)
   sys.exit(EXIT_INVALID_CONFIG)
 
 
+_WORKDIR = flags.DEFINE_string('workdir', './workdir', 'Folder for checkpoints and TensorBoard events.')
 try:  # Defining the flag already applies the overrides on the command line to the default config.
   _CONFIG = config_flags.DEFINE_config_file(
       'config', os.path.join(_CONFIG_DIR, 'default.py'), 'Training configuration file.', lock_config=True

@@ -239,7 +239,7 @@ class EpochRecorder(metrics.Writers):
     self.summaries.append((epoch, step, dict(summary)))
 
 
-def test_max_steps_inside_an_epoch_keeps_its_train_metrics(image_folder, compilation_cache, tmp_path):
+def test_max_steps_stop_keeps_epoch_sums(image_folder, compilation_cache, tmp_path):
   uninterrupted = EpochRecorder()
   train.train_and_evaluate(tiny_config(image_folder, max_steps=STEPS_PER_EPOCH), str(tmp_path / 'a'),
                            uninterrupted)
@@ -296,7 +296,7 @@ def test_each_failure_has_its_message_and_exit_code(image_folder, compilation_ca
   assert restore(workdir, other).step == 2
 
 
-def test_diverging_loss_stops_at_once_and_keeps_the_last_good_checkpoint(
+def test_diverging_loss_keeps_last_checkpoint(
     image_folder, compilation_cache, tmp_path, capsys):
   # The warmup keeps the first steps sane, so a checkpoint exists before the loss blows up.
   config = tiny_config(image_folder, **{
