@@ -87,11 +87,16 @@ def banded_conv(x_BxHxWxC: jax.Array, kernel_HxWxCxF: jax.Array, block_width: in
   return (rows_MxK @ band_KxN).reshape(batch, out_h, out_w, features)
 
 
-class BandedConv(nn.Module):
-  """Drop-in for `nn.Conv(features, kernel_size, padding='VALID')` with the same parameters.
+class BandedConvReluPool(nn.Module):
+  """`nn.max_pool(nn.relu(conv(x) + bias), (2, 2), (2, 2))` for `nn.Conv(features, kernel_size, padding='VALID')`.
 
-  Uses `banded_conv` when `strip_width` finds a strip for the layer, the XLA
-  convolution otherwise.
+  Has the same parameters as that `nn.Conv`. The convolution is `banded_conv`
+  when `strip_width` finds a strip for the layer, XLA's otherwise. It pools
+  before adding the bias and applying the ReLU: both are non-decreasing, so the
+  maximum of a window is the same, and they then run on a quarter of the
+  values. Gradients match too, except where rounding the bias addition ties
+  two values of a window that differed before it: the gradient then goes to
+  the larger of them, not to the first.
   """
 
   features: int
@@ -110,7 +115,7 @@ class BandedConv(nn.Module):
       y = lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     else:
       y = banded_conv(x, kernel, block_width)
-    return y + bias
+    return nn.relu(max_pool_2x2(y) + bias)
 
 
 def _windows(x_BxHxWxC: jax.Array) -> jax.Array:

@@ -74,6 +74,27 @@ def test_max_pool_matches_nn_max_pool_and_its_gradient_with_ties():
   chex.assert_trees_all_equal(fast_vjp(cotangent), plain_vjp(cotangent))
 
 
+@pytest.mark.parametrize('height, channels, features', [(32, 3, 6), (14, 6, 16), (12, 2, 40)])
+def test_conv_relu_pool_matches_plain_layers(height, channels, features):
+  """Pooling before the bias and ReLU gives the same values, and the same gradients on tied windows."""
+  rng = np.random.default_rng(0)
+  # Small integers: sums are exact in float32, so windows tie exactly as in the plain layers.
+  x = jnp.asarray(rng.integers(-2, 3, (2, height, height, channels)), jnp.float32)
+  variables = {'params': {'kernel': jnp.asarray(rng.integers(-1, 2, (5, 5, channels, features)), jnp.float32),
+                          'bias': jnp.asarray(rng.integers(-3, 4, (features,)), jnp.float32)}}
+  fast = fast_cpu.BandedConvReluPool(features, (5, 5))
+  plain = nn.Conv(features, (5, 5), padding='VALID')
+
+  def plain_apply(variables, x):
+    return nn.max_pool(nn.relu(plain.apply(variables, x)), (2, 2), strides=(2, 2))
+
+  chex.assert_trees_all_equal(fast.apply(variables, x), plain_apply(variables, x))
+  cotangent = normal(1, plain_apply(variables, x).shape)
+  _, fast_vjp = jax.vjp(fast.apply, variables, x)
+  _, plain_vjp = jax.vjp(plain_apply, variables, x)
+  chex.assert_trees_all_close(fast_vjp(cotangent), plain_vjp(cotangent), atol=1e-5, rtol=1e-6)
+
+
 def test_enabled_only_on_cpu_and_when_the_config_allows():
   assert fast_cpu.enabled(True, 'cpu')
   assert not fast_cpu.enabled(False, 'cpu')
