@@ -5,25 +5,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from cnn_jax import fast_cpu
-
-
-def torch_default_kernel_init():
-  """Return PyTorch's default weight init for Conv2d and Linear layers.
-
-  PyTorch draws weights from U(-1/sqrt(fan_in), 1/sqrt(fan_in)); a uniform
-  variance scaling with scale 1/3 gives exactly that range.
-  """
-  return nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
-
-
-def torch_default_bias_init(fan_in: int):
-  """Return PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / fan_in**0.5
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
+from cnn_jax.models.layers import torch_default_bias_init, torch_default_kernel_init
 
 
 class SimpleCNN(nn.Module):
