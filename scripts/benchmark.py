@@ -14,7 +14,12 @@ Prints one JSON line per measurement:
   only, as in train_and_evaluate), CPU seconds per image, achieved FLOP/s;
 - `ratio`: each variant's images/s over the others', as the median of the
   ratios of neighbouring timed blocks;
-- `memory`: the process's peak resident memory (and device peak where known).
+- `memory`: the process's peak resident memory (and device peak where known);
+- `profile` (with --profile_top=N): per JAX variant, the N XLA operations of
+  the train step that took longest in a `jax.profiler` trace of --steps steps,
+  with milliseconds per step, their HLO shape and the JAX operation they come
+  from. When XLA runs two operations at once their times overlap, so the
+  figures are estimates and `share` is of the summed operation time.
 
 Variants: `fast` (the config as given, CPU fast path on by default), `plain`
 (cpu_fast_path off) and, when PyTorch is installed (`pip install -e ".[bench]"`),
@@ -24,11 +29,16 @@ arrays in memory. The variants run in turns, one block of --steps steps each,
 machine; on a shared machine quote the ratios, not the absolute figures.
 """
 
+import collections
+import glob
+import gzip
 import json
 import logging
 import os
+import re
 import resource
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -53,6 +63,8 @@ _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timed blocks per variant, taken in 
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Steps each variant runs before timing (after compiling).')
 _TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads; 0 keeps PyTorch\'s default.')
 _MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 2048, 'Size of the float32 matmul timed; 0 skips it.')
+_PROFILE_TOP = flags.DEFINE_integer('profile_top', 0, 'Print the N slowest XLA operations of each JAX variant\'s '
+                                    'train step, from a profiler trace of --steps steps; 0 skips the trace.')
 
 JAX_VARIANTS = {'fast': True, 'plain': False}  # Variant name -> config.cpu_fast_path.
 
@@ -156,6 +168,49 @@ class TorchRunner:
       if len(losses) == self.log_every_steps:
         float(sum(losses))
         losses = []
+
+
+# One HLO instruction line: its name, result shape and opcode.
+_HLO_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.-]+) = (\S+) ([\w-]+)\(')
+_HLO_SOURCE = re.compile(r'op_name="([^"]*)"')
+
+
+def hlo_instructions(hlo_text: str) -> dict[str, dict]:
+  """Map each instruction name of an HLO module's text to its shape, opcode and JAX source operation."""
+  instructions = {}
+  for line in hlo_text.splitlines():
+    match = _HLO_INSTRUCTION.match(line)
+    if match:
+      name, shape, opcode = match.groups()
+      source = _HLO_SOURCE.search(line)
+      instructions[name] = {'hlo': f'{shape} {opcode}', 'source': source.group(1) if source else ''}
+  return instructions
+
+
+def profile_operations(runner: 'JaxRunner', steps: int, top: int) -> list[dict]:
+  """Trace `steps` steps of `runner` and return its `top` slowest train-step operations, slowest first.
+
+  Trace events are matched by name to the compiled train step's instructions,
+  so an operation of the batch-gathering call with the same name is counted too.
+  """
+  instructions = hlo_instructions(runner.step.as_text())
+  microseconds = collections.Counter()
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir)
+    try:
+      runner.run(steps)
+    finally:
+      jax.profiler.stop_trace()
+    for path in glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True):
+      with gzip.open(path) as f:
+        events = json.load(f).get('traceEvents', [])
+      for event in events:
+        if event.get('ph') == 'X' and event.get('name') in instructions:
+          microseconds[event['name']] += event.get('dur', 0)
+  total = sum(microseconds.values()) or 1
+  return [{'op': name, 'ms_per_step': round(duration / steps / 1e3, 3), 'share': round(duration / total, 3),
+           **instructions[name]}
+          for name, duration in microseconds.most_common(top)]
 
 
 def matmul_flops_per_second(size: int, repeats: int = 5) -> float:
@@ -268,6 +323,12 @@ def main(argv):
       emit({'measurement': 'ratio', 'variant': a, 'over': b,
             'images_per_s_ratio': round(float(np.median(ratios)), 3),
             'min': round(float(ratios.min()), 3), 'max': round(float(ratios.max()), 3)})
+
+  if _PROFILE_TOP.value > 0:
+    for name, runner in runners.items():
+      if isinstance(runner, JaxRunner):
+        for record in profile_operations(runner, _STEPS.value, _PROFILE_TOP.value):
+          emit({'measurement': 'profile', 'variant': name, **record})
 
   # ru_maxrss is in KiB on Linux.
   memory = {'measurement': 'memory',

@@ -13,7 +13,7 @@ def test_benchmark_prints_compile_throughput_and_ratio_lines(tiny_cifar_folder):
       sys.executable, str(REPO_ROOT / 'scripts' / 'benchmark.py'),
       '--config.data.source=image_folder', f'--config.data.data_dir={tiny_cifar_folder}',
       '--config.data.cache_dir=', '--config.batch_size=32',
-      '--steps=2', '--rounds=2', '--warmup=1', '--matmul_size=64', '--torch_threads=1',
+      '--steps=2', '--rounds=2', '--warmup=1', '--matmul_size=64', '--torch_threads=1', '--profile_top=3',
   ]
   result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=True)
   records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{')]
@@ -43,3 +43,13 @@ def test_benchmark_prints_compile_throughput_and_ratio_lines(tiny_cifar_folder):
   if not torch_installed:
     assert by_kind['skipped'][0]['variant'] == 'torch'
   assert by_kind['memory'][0]['process_peak_rss_bytes'] > 0
+
+  # The three slowest XLA operations of each JAX variant's step, slowest first.
+  for variant in ('fast', 'plain'):
+    profile = [r for r in by_kind['profile'] if r['variant'] == variant]
+    assert len(profile) == 3
+    assert [r['ms_per_step'] for r in profile] == sorted((r['ms_per_step'] for r in profile), reverse=True)
+    assert profile[-1]['ms_per_step'] > 0
+    assert all(r['op'] and r['hlo'] for r in profile)
+    assert any('train_step' in r['source'] for r in profile)
+    assert sum(r['share'] for r in profile) <= 1.0
