@@ -88,13 +88,13 @@ def banded_conv(x_BxHxWxC: jax.Array, kernel_HxWxCxF: jax.Array, block_width: in
 
 
 class BandedConvReluPool(nn.Module):
-  """`nn.max_pool(nn.relu(conv(x) + bias), (2, 2), (2, 2))` for `nn.Conv(features, kernel_size, padding='VALID')`.
+  """Convolution, bias, ReLU and 2x2 max pool with the parameters of `nn.Conv(features, kernel_size, padding='VALID')`.
 
-  Has the same parameters as that `nn.Conv`. The convolution is `banded_conv`
-  when `strip_width` finds a strip for the layer, XLA's otherwise. It pools
-  before adding the bias and applying the ReLU: both are non-decreasing, so the
-  maximum of a window is the same, and they then run on a quarter of the
-  values. Gradients match too, except where rounding the bias addition ties
+  Computes `nn.max_pool(nn.relu(conv(x) + bias), (2, 2), (2, 2))`. The
+  convolution is `banded_conv` when `strip_width` finds a strip for the layer,
+  XLA's otherwise. It pools before adding the bias and applying the ReLU: both
+  are non-decreasing, so the maximum of a window is the same, and they then
+  run on a quarter of the values. Gradients match too, except where rounding the bias addition ties
   two values of a window that differed before it: the gradient then goes to
   the larger of them, not to the first.
   """
