@@ -9,10 +9,18 @@ matrix, so each row of the product is `block_width * features` outputs. The
 result is the same sum of the same products as `nn.Conv`, added in another
 order, so values agree to float32 rounding; the pool is exact.
 
+The jitted train and eval steps also compile with `compiler_options`: XLA's
+own convolution and matmul kernels in place of its YNNPACK library fusions,
+which ran convolutions at about half the speed on a 2-core AVX2 CPU (see
+docs/benchmarks.md). Models without a `cpu_fast_path` field (airbench, the
+ResNets) get only these options.
+
 `enabled` is the one place that decides whether a run uses this path: only on
 the CPU backend, and only when the config allows it. GPU and TPU always run the
 plain XLA convolution and pooling.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +47,27 @@ def specialize(model: nn.Module, cpu_fast_path: bool, backend: str | None = None
   if enabled(cpu_fast_path, backend) and hasattr(model, 'cpu_fast_path'):
     return model.clone(cpu_fast_path=True)
   return model
+
+
+# An XLA:CPU compiler option that lists no kinds of YNNPACK fusion, so no operation goes to YNNPACK.
+NO_YNNPACK = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
+@functools.cache
+def _accepts(option: str, value: str) -> bool:
+  """Return whether this jax and XLA compile a function with the compiler option `option=value`."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options={option: value}).lower(jnp.zeros(())).compile()
+  except (TypeError, RuntimeError):  # A jax.jit without compiler_options, or an XLA without the option.
+    return False
+  return True
+
+
+def compiler_options(cpu_fast_path: bool, backend: str | None = None) -> dict[str, str] | None:
+  """Return the XLA compiler options for jitted steps: NO_YNNPACK when `enabled` and supported, else None."""
+  if enabled(cpu_fast_path, backend) and all(_accepts(k, v) for k, v in NO_YNNPACK.items()):
+    return dict(NO_YNNPACK)
+  return None
 
 
 def strip_width(out_width: int, features: int) -> int | None:

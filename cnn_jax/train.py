@@ -173,16 +173,28 @@ def eval_step(
   return _masked_sums(logits_BxK, batch['label'], batch['mask'])
 
 
+def _jit(fn, compiler_options: dict[str, str] | None, **jit_kwargs):
+  # Only a non-empty `compiler_options` is passed on, so jax versions without the argument still work.
+  if compiler_options:
+    jit_kwargs['compiler_options'] = compiler_options
+  return jax.jit(fn, **jit_kwargs)
+
+
 def jit_train_step(
-    preprocess: PreprocessFn, label_smoothing: float = 0.0, averaging: ema.WeightAveraging = ema.WeightAveraging()
+    preprocess: PreprocessFn,
+    label_smoothing: float = 0.0,
+    averaging: ema.WeightAveraging = ema.WeightAveraging(),
+    compiler_options: dict[str, str] | None = None,
 ):
-  """Jit `train_step` once, donating the state buffers."""
+  """Jit `train_step` once, donating the state buffers and passing `compiler_options` (fast_cpu.compiler_options) to XLA."""
   step = functools.partial(train_step, preprocess=preprocess, label_smoothing=label_smoothing, averaging=averaging)
-  return jax.jit(step, donate_argnums=0)
+  return _jit(step, compiler_options, donate_argnums=0)
 
 
-def jit_eval_step(preprocess: PreprocessFn, tta_mode: str = 'none', use_average: bool = False):
-  return jax.jit(functools.partial(eval_step, preprocess=preprocess, tta_mode=tta_mode, use_average=use_average))
+def jit_eval_step(preprocess: PreprocessFn, tta_mode: str = 'none', use_average: bool = False,
+                  compiler_options: dict[str, str] | None = None):
+  step = functools.partial(eval_step, preprocess=preprocess, tta_mode=tta_mode, use_average=use_average)
+  return _jit(step, compiler_options)
 
 
 def weight_averaging(config: ml_collections.ConfigDict, total_steps: int) -> ema.WeightAveraging:
@@ -304,8 +316,9 @@ def _train_and_evaluate(
   if config.max_steps > 0:
     total_steps = min(total_steps, config.max_steps)
   averaging = weight_averaging(config, total_steps)
-  train_step_fn = jit_train_step(preprocess, config.label_smoothing, averaging)
-  eval_step_fn = jit_eval_step(preprocess, use_average=averaging.mode == 'ema')
+  xla_options = fast_cpu.compiler_options(config.cpu_fast_path)
+  train_step_fn = jit_train_step(preprocess, config.label_smoothing, averaging, xla_options)
+  eval_step_fn = jit_eval_step(preprocess, use_average=averaging.mode == 'ema', compiler_options=xla_options)
   if start_step >= total_steps:
     logger.info('Training already finished at step %d.', start_step)
     return state
@@ -366,7 +379,7 @@ def _train_and_evaluate(
       raise checkpoints.TrainingInterrupted(stop.received, step, checkpointer.directory)
 
   if config.tta != 'none':
-    tta_means = evaluate_batches(jit_eval_step(preprocess, config.tta, averaging.mode == 'ema'), state,
+    tta_means = evaluate_batches(jit_eval_step(preprocess, config.tta, averaging.mode == 'ema', xla_options), state,
                                  inputs.eval_batches())
     logger.info('Final test accuracy with %s test-time augmentation: %.4f (loss %.4f, %d images).',
                 config.tta, tta_means['accuracy'], tta_means['loss'], tta_means['count'])

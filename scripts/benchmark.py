@@ -103,7 +103,8 @@ class JaxRunner:
 
     start = time.perf_counter()
     first_batch = next(self.batches)
-    compiled = train.jit_train_step(preprocess, config.label_smoothing, averaging).lower(
+    xla_options = fast_cpu.compiler_options(cpu_fast_path)
+    compiled = train.jit_train_step(preprocess, config.label_smoothing, averaging, xla_options).lower(
         self.state, first_batch, self.key).compile()
     self.compile_seconds = time.perf_counter() - start
     self.step = compiled

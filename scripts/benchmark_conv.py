@@ -10,7 +10,11 @@ output features), prints one JSON line with the milliseconds and GFLOP/s of:
 - `input_grad`: XLA's transposed convolution (`xla`), matmul then col2im sums
   of shifted slices (`col2im`);
 - `kernel_grad`: XLA's backward-filter convolution (`xla`), nine tap matmuls
-  x^T g as in cnn_jax.models.layers (`taps`), the same as (g^T x)^T (`taps_gt`).
+  x^T g (`taps`), the same as (g^T x)^T (`taps_gt`).
+
+On the CPU, `xla_fast` is XLA's operation compiled with the fast path's
+compiler options (cnn_jax.fast_cpu.compiler_options: XLA's own kernels, no
+YNNPACK fusions), as the train step compiles it with config.cpu_fast_path on.
 
 Every lowering is checked against XLA's result first. A float32 matmul of
 --matmul_size gives the machine's ceiling. Timings on a shared machine vary by
@@ -30,6 +34,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
+
+from cnn_jax import fast_cpu  # noqa: E402
 
 _MODEL = flags.DEFINE_enum('model', 'airbench', ['airbench', 'resnet9'], 'Model whose conv shapes are timed.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 256, 'Images per timed call.')
@@ -145,6 +151,7 @@ def main(argv):
     a = jnp.asarray(rng.normal(size=(n, n)), jnp.float32)
     seconds = time_call(jax.jit(lambda m: m @ m), a)
     print(json.dumps({'measurement': 'matmul', 'size': n, 'gflops_per_s': round(2 * n**3 / seconds / 1e9, 1)}))
+  fast_options = fast_cpu.compiler_options(True)
   for size, in_features, out_features in LAYER_SHAPES[_MODEL.value]:
     x = jnp.asarray(rng.normal(size=(batch, size, size, in_features)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(3, 3, in_features, out_features)) * 0.05, jnp.float32)
@@ -154,8 +161,10 @@ def main(argv):
       args = part_arguments(part, x, kernel, grad)
       reference = np.asarray(jax.jit(lowerings['xla'])(*args))
       record = {'measurement': part, 'layer': f'{size}x{size} {in_features}->{out_features}', 'batch_size': batch}
-      for name, fn in lowerings.items():
-        jitted = jax.jit(fn)
+      compiled = {name: jax.jit(fn) for name, fn in lowerings.items()}
+      if fast_options:
+        compiled['xla_fast'] = jax.jit(lowerings['xla'], compiler_options=fast_options)
+      for name, jitted in compiled.items():
         np.testing.assert_allclose(np.asarray(jitted(*args)), reference, rtol=2e-3, atol=2e-3 * np.abs(reference).max())
         seconds = time_call(jitted, *args)
         record[name] = {'ms': round(seconds * 1e3, 1), 'gflops_per_s': round(flops / seconds / 1e9, 1)}

@@ -102,6 +102,12 @@ def test_enabled_only_on_cpu_and_when_the_config_allows():
   assert not fast_cpu.enabled(True, 'tpu')
 
 
+def test_compiler_options_only_on_the_cpu_fast_path():
+  assert fast_cpu.compiler_options(False, 'cpu') is None
+  assert fast_cpu.compiler_options(True, 'gpu') is None
+  assert fast_cpu.compiler_options(True, 'tpu') is None
+
+
 def test_specialize_switches_only_models_that_have_a_fast_path():
   simple = models.create_model('simple_cnn', 10)
   assert fast_cpu.specialize(simple, True, 'cpu').cpu_fast_path
@@ -109,6 +115,30 @@ def test_specialize_switches_only_models_that_have_a_fast_path():
   assert not fast_cpu.specialize(simple, True, 'gpu').cpu_fast_path
   without_fast_path = nn.Dense(3)
   assert fast_cpu.specialize(without_fast_path, True, 'cpu') is without_fast_path
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the compiler options are for the CPU backend')
+@pytest.mark.parametrize('name, widths, size', [('airbench', (8, 16, 16), 32), ('resnet9', (8, 8, 16, 16), 16),
+                                                ('resnet18', (8, 8, 16, 16), 16)])
+def test_fast_compiler_options_give_same_gradients(name, widths, size):
+  options = fast_cpu.compiler_options(True, 'cpu')
+  if options is None:
+    pytest.skip('this jax or XLA does not accept the fast path\'s compiler options')
+  model = models.create_model(name, 10, widths=widths)
+  variables = model.init(jax.random.key(0), jnp.zeros((2, size, size, 3)))
+  x = jax.random.normal(jax.random.key(1), (4, size, size, 3))
+
+  def grads(params):
+    def loss(params):
+      logits, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+      return jnp.sum(logits ** 2)
+
+    return jax.grad(loss)(params)
+
+  fast = jax.jit(grads, compiler_options=options)
+  assert '__ynn_fusion' not in fast.lower(variables['params']).compile().as_text()
+  # Gradients are of order 1; the two compilations add the same products in other orders.
+  chex.assert_trees_all_close(fast(variables['params']), jax.jit(grads)(variables['params']), rtol=1e-4, atol=1e-4)
 
 
 def make_states():

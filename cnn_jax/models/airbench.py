@@ -53,7 +53,6 @@ class ConvGroup(nn.Module):
   features: int
   batchnorm_momentum: float
   dtype: jnp.dtype = jnp.float32
-  cpu_fast_path: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -61,7 +60,6 @@ class ConvGroup(nn.Module):
       return nn.Conv(
           self.features, (3, 3), padding='SAME', use_bias=False, dtype=self.dtype, name=name,
           kernel_init=layers.identity_conv_init(layers.torch_default_kernel_init()),
-          conv_general_dilated=layers.conv_general_dilated_for(self.cpu_fast_path),
       )
 
     def norm(name):
@@ -87,9 +85,6 @@ class Airbench(nn.Module):
   batchnorm_momentum: float = 0.6  # Flax convention: the weight of the old running average.
   logit_scale: float = 1.0 / 9.0
   dtype: jnp.dtype = jnp.float32
-  # Set by cnn_jax.fast_cpu.specialize on CPU: conv kernel gradients as
-  # matmuls (layers.conv_with_matmul_kernel_grad), 2-4x faster there.
-  cpu_fast_path: bool = False
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
@@ -100,11 +95,10 @@ class Airbench(nn.Module):
         2 * k * k * in_channels, (k, k), padding='VALID', dtype=self.dtype, name='whiten',
         kernel_init=layers.torch_default_kernel_init(),
         bias_init=layers.torch_default_bias_init(k * k * in_channels),
-        conv_general_dilated=layers.conv_general_dilated_for(self.cpu_fast_path),
     )(x)
     x = gelu(x)
     for i, width in enumerate(self.widths):
-      x = ConvGroup(width, self.batchnorm_momentum, self.dtype, self.cpu_fast_path, name=f'group{i + 1}')(x, train)
+      x = ConvGroup(width, self.batchnorm_momentum, self.dtype, name=f'group{i + 1}')(x, train)
     # The last group leaves 3x3 maps (from 32x32 inputs): MaxPool2d(3) is a global max.
     x = layers.max_pool(x, 3)
     x = x.reshape((x.shape[0], -1))

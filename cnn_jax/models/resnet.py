@@ -21,14 +21,12 @@ class PreActBlock(nn.Module):
   stride: int = 1
   batchnorm_momentum: float = 0.9
   dtype: jnp.dtype = jnp.float32
-  cpu_fast_path: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     def conv(features, kernel, stride, name):
       return nn.Conv(features, (kernel, kernel), (stride, stride), padding='SAME' if kernel > 1 else 'VALID',
-                     use_bias=False, dtype=self.dtype, kernel_init=nn.initializers.he_normal(), name=name,
-                     conv_general_dilated=layers.conv_general_dilated_for(self.cpu_fast_path))
+                     use_bias=False, dtype=self.dtype, kernel_init=nn.initializers.he_normal(), name=name)
 
     out = nn.relu(_batch_norm(train, self.batchnorm_momentum, self.dtype, 'norm1')(x))
     # The shortcut branches off after the first pre-activation, as in He et al. (2016).
@@ -50,18 +48,16 @@ class PreActResNet(nn.Module):
   num_classes: int = 10
   batchnorm_momentum: float = 0.9
   dtype: jnp.dtype = jnp.float32
-  cpu_fast_path: bool = False  # Set by cnn_jax.fast_cpu.specialize: conv kernel gradients as matmuls.
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
     x = x_BxHxWxC.astype(self.dtype)
     x = nn.Conv(self.widths[0], (3, 3), padding='SAME', use_bias=False, dtype=self.dtype,
-                kernel_init=nn.initializers.he_normal(), name='stem',
-                conv_general_dilated=layers.conv_general_dilated_for(self.cpu_fast_path))(x)
+                kernel_init=nn.initializers.he_normal(), name='stem')(x)
     for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = PreActBlock(width, stride, self.batchnorm_momentum, self.dtype, self.cpu_fast_path,
+        x = PreActBlock(width, stride, self.batchnorm_momentum, self.dtype,
                         name=f'stage{stage + 1}_block{block + 1}')(x, train)
     x = nn.relu(_batch_norm(train, self.batchnorm_momentum, self.dtype, 'final_norm')(x))
     x = jnp.mean(x, axis=(1, 2))
@@ -74,13 +70,11 @@ class ConvBNReLU(nn.Module):
   batchnorm_momentum: float = 0.9
   dtype: jnp.dtype = jnp.float32
   pool: bool = False
-  cpu_fast_path: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False, dtype=self.dtype,
-                kernel_init=layers.torch_default_kernel_init(),
-                conv_general_dilated=layers.conv_general_dilated_for(self.cpu_fast_path))(x)
+                kernel_init=layers.torch_default_kernel_init())(x)
     x = _batch_norm(train, self.batchnorm_momentum, self.dtype)(x)
     x = nn.relu(x)
     if self.pool:
@@ -101,7 +95,6 @@ class ResNet9(nn.Module):
   batchnorm_momentum: float = 0.9
   logit_scale: float = 0.125
   dtype: jnp.dtype = jnp.float32
-  cpu_fast_path: bool = False  # Set by cnn_jax.fast_cpu.specialize: conv kernel gradients as matmuls.
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
@@ -109,7 +102,7 @@ class ResNet9(nn.Module):
     prep, w1, w2, w3 = self.widths
 
     def block(features, name, pool=False):
-      return ConvBNReLU(features, self.batchnorm_momentum, self.dtype, pool, self.cpu_fast_path, name=name)
+      return ConvBNReLU(features, self.batchnorm_momentum, self.dtype, pool, name=name)
 
     x = block(prep, 'prep')(x, train)
     x = block(w1, 'layer1', pool=True)(x, train)
