@@ -21,8 +21,8 @@ without the lookahead average) after epochs 1 to 4.
 Epochs: 10 (480 steps; the PyTorch script stops at 9.9 epochs, 476 steps).
 Compute: about 0.36 PFLOPs (scripts/compute_report.py).
 Measured time: on a 2-core AMD EPYC at 2.0 GHz with AVX2 only, the train loop
-runs at about 55 images/s at batch 256 (PyTorch: 68, docs/benchmarks.md), so
-the 10 epochs take about 2.5 hours there.
+runs at about 78 images/s at batch 1024 (PyTorch: 71, docs/benchmarks.md), so
+the 10 epochs take about 1.8 hours there.
 """
 
 import ml_collections
