@@ -70,6 +70,16 @@ def compiler_options(cpu_fast_path: bool, backend: str | None = None) -> dict[st
   return None
 
 
+def jit(fn, compiler_options: dict[str, str] | None, **jit_kwargs):
+  """Return `jax.jit(fn, **jit_kwargs)`, compiled with `compiler_options` when they are not empty.
+
+  Empty options are not passed on, so jax versions without the argument still work.
+  """
+  if compiler_options:
+    jit_kwargs['compiler_options'] = compiler_options
+  return jax.jit(fn, **jit_kwargs)
+
+
 def strip_width(out_width: int, features: int) -> int | None:
   """The widest strip of output pixels that divides `out_width` and fits MAX_STRIP_VALUES.
 

@@ -25,7 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from PIL import Image, ImageOps
 
-from cnn_jax import checkpoints, models, tta
+from cnn_jax import checkpoints, fast_cpu, models, tta
 from cnn_jax.data import augment
 
 logger = logging.getLogger(__name__)
@@ -234,7 +234,8 @@ class TrainedModel:
 
   @functools.cached_property
   def _jitted(self) -> Callable[[jax.Array], jax.Array]:
-    return jax.jit(self.inference_fn())
+    # Compiled as in training: on the CPU fast path with XLA's own convolution kernels.
+    return fast_cpu.jit(self.inference_fn(), fast_cpu.compiler_options(self.config.get('cpu_fast_path', True)))
 
   def logits(self, images_uint8_NxHxWxC: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Compute the logits of any number of images, in batches of `batch_size`.

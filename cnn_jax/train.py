@@ -173,13 +173,6 @@ def eval_step(
   return _masked_sums(logits_BxK, batch['label'], batch['mask'])
 
 
-def _jit(fn, compiler_options: dict[str, str] | None, **jit_kwargs):
-  # Only a non-empty `compiler_options` is passed on, so jax versions without the argument still work.
-  if compiler_options:
-    jit_kwargs['compiler_options'] = compiler_options
-  return jax.jit(fn, **jit_kwargs)
-
-
 def jit_train_step(
     preprocess: PreprocessFn,
     label_smoothing: float = 0.0,
@@ -188,13 +181,13 @@ def jit_train_step(
 ):
   """Jit `train_step` once, donating the state buffers; XLA gets `compiler_options` (fast_cpu.compiler_options)."""
   step = functools.partial(train_step, preprocess=preprocess, label_smoothing=label_smoothing, averaging=averaging)
-  return _jit(step, compiler_options, donate_argnums=0)
+  return fast_cpu.jit(step, compiler_options, donate_argnums=0)
 
 
 def jit_eval_step(preprocess: PreprocessFn, tta_mode: str = 'none', use_average: bool = False,
                   compiler_options: dict[str, str] | None = None):
   step = functools.partial(eval_step, preprocess=preprocess, tta_mode=tta_mode, use_average=use_average)
-  return _jit(step, compiler_options)
+  return fast_cpu.jit(step, compiler_options)
 
 
 def weight_averaging(config: ml_collections.ConfigDict, total_steps: int) -> ema.WeightAveraging:

@@ -8,11 +8,13 @@ import warnings
 import zlib
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_jax import inference
+from cnn_jax import fast_cpu, inference
 from cnn_jax.data.sources import CIFAR10_CLASSES
 from tests.conftest import CIFAR10_JPEG, REPO_ROOT
 
@@ -65,6 +67,14 @@ def test_workdir_stores_what_inference_needs(trained_workdir, model):
   latest = inference.load_trained_model(str(trained_workdir), which='latest')
   assert latest.step == 237  # 3 epochs of 79 batches.
   assert Path(latest.checkpoint_dir) == trained_workdir / 'checkpoints' / '237'
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the compiler options are for the CPU backend')
+def test_prediction_compiles_like_training(model):
+  if fast_cpu.compiler_options(True) is None:
+    pytest.skip('this jax or XLA does not accept the fast path\'s compiler options')
+  compiled = model._jitted.lower(jnp.zeros((2, 32, 32, 3), jnp.uint8)).compile()
+  assert '__ynn_fusion' not in compiled.as_text()
 
 
 def test_predictions_beat_chance_on_unseen_real_images(model, unseen_images):
