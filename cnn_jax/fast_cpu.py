@@ -133,9 +133,9 @@ class BandedConvReluPool(nn.Module):
   convolution is `banded_conv` when `strip_width` finds a strip for the layer,
   XLA's otherwise. It pools before adding the bias and applying the ReLU: both
   are non-decreasing, so the maximum of a window is the same, and they then
-  run on a quarter of the values. Gradients match too, except where rounding the bias addition ties
-  two values of a window that differed before it: the gradient then goes to
-  the larger of them, not to the first.
+  run on a quarter of the values. Gradients match too, except where rounding
+  the bias addition ties two values of a window that differed before it. The
+  gradient then goes to the larger of them, not to the first.
   """
 
   features: int

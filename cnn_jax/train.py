@@ -179,7 +179,7 @@ def jit_train_step(
     averaging: ema.WeightAveraging = ema.WeightAveraging(),
     compiler_options: dict[str, str] | None = None,
 ):
-  """Jit `train_step` once, donating the state buffers; XLA gets `compiler_options` (fast_cpu.compiler_options)."""
+  """Jit `train_step` once, donating the state buffers and compiling with `compiler_options`."""
   step = functools.partial(train_step, preprocess=preprocess, label_smoothing=label_smoothing, averaging=averaging)
   return fast_cpu.jit(step, compiler_options, donate_argnums=0)
 

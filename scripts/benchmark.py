@@ -180,7 +180,7 @@ _HLO_SOURCE = re.compile(r'op_name="([^"]*)"')
 
 
 def hlo_instructions(hlo_text: str) -> dict[str, dict]:
-  """Map each instruction name of an HLO module's text to its shape, opcode and JAX source operation."""
+  """Return a map from each instruction name in an HLO module's text to its shape, opcode and JAX source."""
   instructions = {}
   for line in hlo_text.splitlines():
     match = _HLO_INSTRUCTION.match(line)

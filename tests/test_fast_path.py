@@ -102,7 +102,7 @@ def test_enabled_only_on_cpu_and_when_the_config_allows():
   assert not fast_cpu.enabled(True, 'tpu')
 
 
-def test_compiler_options_only_on_the_cpu_fast_path():
+def test_compiler_options_only_for_cpu_fast_path():
   assert fast_cpu.compiler_options(False, 'cpu') is None
   assert fast_cpu.compiler_options(True, 'gpu') is None
   assert fast_cpu.compiler_options(True, 'tpu') is None
@@ -137,7 +137,7 @@ def test_fast_compiler_options_give_same_gradients(name, widths, size):
 
   fast = jax.jit(grads, compiler_options=options)
   assert '__ynn_fusion' not in fast.lower(variables['params']).compile().as_text()
-  # Gradients are of order 1; the two compilations add the same products in other orders.
+  # Gradients are of order 1, and the two compilations add the same products in other orders.
   chex.assert_trees_all_close(fast(variables['params']), jax.jit(grads)(variables['params']), rtol=1e-4, atol=1e-4)
 
 
